@@ -1,0 +1,72 @@
+//! Why the kernel programs did what they did: one per-CPU counter per outcome.
+
+/// Index into the `SK_COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A connect to a service VIP was rewritten to the agent.
+    Steered = 0,
+    /// Not steered: the socket's network namespace is not enrolled.
+    SkipNotEnrolled,
+    /// Not steered: the destination is not a known service VIP.
+    SkipNotVip,
+    /// Not steered: the agent's heartbeat is stale (fail open).
+    SkipAgentDead,
+    /// Not steered: the agent has no listener of the destination's family.
+    SkipNoListener,
+    /// Not steered: not a TCP socket.
+    SkipNotTcp,
+    /// Not steered: the original destination could not be recorded (map full).
+    SkipMapFull,
+    /// sockops filed a steered connection's original destination under its 4-tuple.
+    OrigDstFiled,
+    /// sockops could not file an original destination (map update failed).
+    OrigDstFileFailed,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 9] = [
+        Counter::Steered,
+        Counter::SkipNotEnrolled,
+        Counter::SkipNotVip,
+        Counter::SkipAgentDead,
+        Counter::SkipNoListener,
+        Counter::SkipNotTcp,
+        Counter::SkipMapFull,
+        Counter::OrigDstFiled,
+        Counter::OrigDstFileFailed,
+    ];
+    /// Size of the counters array; leaves room for counters added later.
+    pub const SLOTS: u32 = 32;
+
+    /// A stable snake_case name for metrics and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Steered => "steered",
+            Counter::SkipNotEnrolled => "skip_not_enrolled",
+            Counter::SkipNotVip => "skip_not_vip",
+            Counter::SkipAgentDead => "skip_agent_dead",
+            Counter::SkipNoListener => "skip_no_listener",
+            Counter::SkipNotTcp => "skip_not_tcp",
+            Counter::SkipMapFull => "skip_map_full",
+            Counter::OrigDstFiled => "orig_dst_filed",
+            Counter::OrigDstFileFailed => "orig_dst_file_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_has_a_distinct_slot_and_name() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} is listed out of order");
+            assert!((*c as u32) < Counter::SLOTS);
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+}

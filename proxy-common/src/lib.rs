@@ -1,0 +1,52 @@
+//! Types shared by sockeye's kernel programs and its agent.
+//!
+//! Everything here is `#![no_std]`: map keys and values (`#[repr(C)]`, no implicit
+//! padding, so the kernel and userspace hash the same bytes), map names, and the pure
+//! decisions the kernel programs take, so the host can test them.
+#![no_std]
+#![deny(unsafe_code)]
+
+pub mod addr;
+pub mod agent;
+pub mod counters;
+pub mod steer;
+
+#[cfg(feature = "user")]
+mod pod;
+
+pub use addr::{FourTuple, SockAddr};
+pub use agent::AgentState;
+pub use counters::Counter;
+
+/// Names of the kernel maps. They are also the file names the maps are pinned under,
+/// so they stay below the kernel's 15-character object-name limit.
+pub mod map_names {
+    /// Network namespaces whose traffic is steered: `u64` netns cookie → `u8` (1).
+    pub const ENROLLED: &str = "SK_ENROLLED";
+    /// Service virtual addresses: `SockAddr` → `u8` (1).
+    pub const VIPS: &str = "SK_VIPS";
+    /// One `AgentState`: where the agent listens and when it last proved it is alive.
+    pub const AGENT: &str = "SK_AGENT";
+    /// Original destination of a steered socket, between connect and established:
+    /// `u64` socket cookie → `SockAddr`.
+    pub const ORIG_BY_COOKIE: &str = "SK_ORIG_COOKIE";
+    /// Original destination of an established steered connection, as the agent sees
+    /// it after `accept`: `FourTuple` (client → agent) → `SockAddr`.
+    pub const ORIG_BY_TUPLE: &str = "SK_ORIG_TUPLE";
+    /// Per-CPU `u64` counters indexed by [`Counter`](crate::Counter).
+    pub const COUNTERS: &str = "SK_COUNTERS";
+}
+
+/// Capacity of each map. Steering state is short-lived (connect → accept), so the
+/// original-destination maps are LRU and sized for bursts of new connections.
+pub mod map_sizes {
+    pub const ENROLLED: u32 = 4096;
+    pub const VIPS: u32 = 16384;
+    pub const ORIG_BY_COOKIE: u32 = 65536;
+    pub const ORIG_BY_TUPLE: u32 = 65536;
+}
+
+// The kernel and userspace must agree on these layouts byte for byte.
+const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
+const _: () = assert!(core::mem::size_of::<FourTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<AgentState>() == 56);

@@ -1,0 +1,11 @@
+//! `aya::Pod` for the shared map types, so userspace can read and write them.
+#![allow(unsafe_code)]
+
+use crate::{AgentState, FourTuple, SockAddr};
+
+// SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (4×u32 + 2×u16).
+unsafe impl aya::Pod for SockAddr {}
+// SAFETY: `#[repr(C)]` pair of `SockAddr`s, no padding between them.
+unsafe impl aya::Pod for FourTuple {}
+// SAFETY: `#[repr(C)]`, 2×u64 followed by two 20-byte `SockAddr`s: no padding.
+unsafe impl aya::Pod for AgentState {}

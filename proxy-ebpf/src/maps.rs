@@ -1,0 +1,36 @@
+//! The maps shared with the agent, pinned by name under the agent's bpffs directory.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{AgentState, Counter, FourTuple, SockAddr, map_sizes};
+
+#[map(name = "SK_ENROLLED")]
+pub static ENROLLED: HashMap<u64, u8> = HashMap::pinned(map_sizes::ENROLLED, 0);
+
+#[map(name = "SK_VIPS")]
+pub static VIPS: HashMap<SockAddr, u8> = HashMap::pinned(map_sizes::VIPS, 0);
+
+#[map(name = "SK_AGENT")]
+pub static AGENT: Array<AgentState> = Array::pinned(1, 0);
+
+#[map(name = "SK_ORIG_COOKIE")]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, SockAddr> =
+    LruHashMap::pinned(map_sizes::ORIG_BY_COOKIE, 0);
+
+#[map(name = "SK_ORIG_TUPLE")]
+pub static ORIG_BY_TUPLE: LruHashMap<FourTuple, SockAddr> =
+    LruHashMap::pinned(map_sizes::ORIG_BY_TUPLE, 0);
+
+#[map(name = "SK_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::SLOTS, 0);
+
+/// Adds one to `counter` on this CPU.
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and programs do not migrate CPUs while running.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,227 @@
+//! The agent: wires discovery, the datapath, the proxy and the admin endpoint
+//! together, keeps the kernel's view in step with discovery, and shuts down cleanly.
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use proxy_common::agent::HEARTBEAT_INTERVAL_MS;
+use tokio::{net::TcpListener, signal::unix::SignalKind, task::JoinSet};
+use tracing::{error, info, warn};
+
+use crate::{
+    admin::{self, Readiness},
+    datapath::{self, Datapath, DatapathError, Kernel, KernelOptions},
+    discovery::{
+        Desired, Discovery,
+        static_file::{POLL_INTERVAL, StaticFile},
+    },
+    proxy::Proxy,
+    state::ServiceTable,
+};
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub cgroup: Option<PathBuf>,
+    pub bpffs: PathBuf,
+    pub kernel_debug_log: bool,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let (discovery, config) = StaticFile::start(&options.config, POLL_INTERVAL)?;
+    // Listen before the kernel steers anything here.
+    let mut listeners = vec![bind(config.listen, "listen").await?];
+    if let Some(listen6) = config.listen6 {
+        listeners.push(bind(listen6, "listen6").await?);
+    }
+    let admin_listener = bind(config.admin, "admin").await?;
+    let cgroup = match options.cgroup {
+        Some(cgroup) => cgroup,
+        None => datapath::cgroup2_root()?,
+    };
+    let kernel = Arc::new(Kernel::load(&KernelOptions {
+        cgroup,
+        pin_dir: options.bpffs.clone(),
+        listen4: config.listen,
+        listen6: config.listen6,
+        kernel_debug_log: options.kernel_debug_log,
+    })?);
+
+    let result = serve(kernel.clone(), &discovery, listeners, admin_listener).await;
+    let kernel = Arc::into_inner(kernel).expect("every task holding the datapath has ended");
+    kernel.shutdown().context("detaching the kernel programs")?;
+    result
+}
+
+async fn serve(
+    kernel: Arc<Kernel>,
+    discovery: &impl Discovery,
+    listeners: Vec<TcpListener>,
+    admin_listener: TcpListener,
+) -> anyhow::Result<()> {
+    let readiness = Arc::new(Readiness::default());
+    let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(admin::serve(admin_listener, readiness.clone()));
+
+    let mut desired = discovery.watch();
+    let first = desired.borrow_and_update().clone();
+    apply(&first, kernel.as_ref(), &services).context("applying the config")?;
+    kernel.beat()?;
+    readiness.set(true);
+    info!(
+        services = first.services.len(),
+        netns = first.enroll.len(),
+        "sockeye is ready"
+    );
+
+    tasks.spawn(heartbeat(kernel.clone()));
+    let proxy = Proxy::new(kernel.clone(), services.clone());
+    for listener in listeners {
+        tasks.spawn(proxy.clone().serve(listener));
+    }
+    let datapath = kernel.clone();
+    tasks.spawn(async move {
+        while desired.changed().await.is_ok() {
+            let next = desired.borrow_and_update().clone();
+            if let Err(err) = apply(&next, datapath.as_ref(), &services) {
+                error!("config not applied: {err:#}; keeping the last good config");
+            }
+        }
+    });
+    drop(proxy);
+
+    shutdown_signal().await?;
+    readiness.set(false);
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Makes the datapath and the service table match `desired`.
+///
+/// VIPs of removed services leave the kernel before the table forgets them, and VIPs
+/// of new services enter the kernel after the table knows them, so no steered
+/// connection arrives for a service the proxy does not know.
+pub fn apply(
+    desired: &Desired,
+    datapath: &dyn Datapath,
+    services: &ArcSwap<ServiceTable>,
+) -> anyhow::Result<()> {
+    let cookies = desired
+        .enroll
+        .iter()
+        .map(|path| {
+            datapath::netns::cookie(path)
+                .with_context(|| format!("enroll.netns {}: cannot read its cookie", path.display()))
+        })
+        .collect::<anyhow::Result<BTreeSet<u64>>>()?;
+    let table = ServiceTable::new(&desired.services);
+    let new_vips = table.vips();
+    let kept: BTreeSet<SocketAddr> = services
+        .load()
+        .vips()
+        .intersection(&new_vips)
+        .copied()
+        .collect();
+    datapath.set_vips(&kept)?;
+    services.store(Arc::new(table));
+    datapath.set_vips(&new_vips)?;
+    datapath.set_enrolled(&cookies)?;
+    Ok(())
+}
+
+async fn heartbeat(datapath: Arc<dyn Datapath>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+    loop {
+        ticker.tick().await;
+        if let Err(err) = datapath.beat() {
+            warn!("heartbeat failed, the kernel will stop steering soon: {err}");
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {field} {addr}; if the address is missing on this node, \
+             add it (for example `ip addr add {}/32 dev lo`)",
+            addr.ip()
+        )
+    })
+}
+
+async fn shutdown_signal() -> Result<(), DatapathError> {
+    let io = |source| DatapathError::Io {
+        path: "signal handler".into(),
+        source,
+    };
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).map_err(io)?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        config::{Protocol, ServiceConfig},
+        datapath::Recorder,
+    };
+
+    fn service(name: &str, vip: &str) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            vip: vip.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            endpoints: vec!["10.10.0.11:80".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn apply_tells_the_datapath_and_swaps_the_table() {
+        let recorder = Recorder::default();
+        let table = ArcSwap::from_pointee(ServiceTable::default());
+        let desired = Desired {
+            services: vec![service("a", "10.96.0.1:80"), service("b", "10.96.0.2:80")],
+            enroll: vec!["/proc/self/ns/net".into()],
+        };
+        apply(&desired, &recorder, &table).unwrap();
+        assert_eq!(recorder.vips.lock().unwrap().len(), 2);
+        assert_eq!(recorder.enrolled.lock().unwrap().len(), 1);
+        assert_eq!(table.load().len(), 2);
+
+        let fewer = Desired {
+            services: vec![service("b", "10.96.0.2:80")],
+            enroll: vec![],
+        };
+        apply(&fewer, &recorder, &table).unwrap();
+        let vips = recorder.vips.lock().unwrap().clone();
+        assert_eq!(
+            vips.into_iter().collect::<Vec<_>>(),
+            vec!["10.96.0.2:80".parse().unwrap()]
+        );
+        assert!(recorder.enrolled.lock().unwrap().is_empty());
+        assert!(table.load().get(&"10.96.0.1:80".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_missing_namespace_rejects_the_whole_state() {
+        let recorder = Recorder::default();
+        let table = ArcSwap::from_pointee(ServiceTable::default());
+        let desired = Desired {
+            services: vec![service("a", "10.96.0.1:80")],
+            enroll: vec![Path::new("/var/run/netns/does-not-exist").into()],
+        };
+        let err = apply(&desired, &recorder, &table).unwrap_err();
+        assert!(format!("{err:#}").contains("enroll.netns /var/run/netns/does-not-exist"));
+        assert!(recorder.vips.lock().unwrap().is_empty(), "nothing applied");
+        assert!(table.load().is_empty());
+    }
+}

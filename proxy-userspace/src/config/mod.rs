@@ -1,0 +1,122 @@
+//! The static configuration file (`sockeye run --config FILE`).
+//!
+//! Parsing is strict (unknown fields are errors) and validation names the field at
+//! fault, so a broken file is rejected with a message that says what to fix.
+
+mod validate;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Where redirected connections arrive unless the file says otherwise.
+pub const DEFAULT_LISTEN: &str = "169.254.77.1:15001";
+/// The admin endpoint (`/healthz`, `/readyz`) unless the file says otherwise.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// IPv4 address where the kernel sends steered connections.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// IPv6 address for steered connections to IPv6 VIPs; none by default.
+    #[serde(default)]
+    pub listen6: Option<SocketAddr>,
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    #[serde(default)]
+    pub enroll: Enroll,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Network namespaces whose connects to service VIPs are steered to the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    #[serde(default)]
+    pub netns: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// The virtual address clients connect to (a ClusterIP and port).
+    pub vip: SocketAddr,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Grpc,
+    Http,
+    #[default]
+    Tcp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("config file {path}: {field}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let config: Config =
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+                path: path.into(),
+                source,
+            })?;
+        config
+            .validate()
+            .map_err(|(field, problem)| ConfigError::Invalid {
+                path: path.into(),
+                field,
+                problem,
+            })?;
+        Ok(config)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("a valid default")
+}
+
+fn default_admin() -> SocketAddr {
+    DEFAULT_ADMIN.parse().expect("a valid default")
+}

@@ -1,0 +1,145 @@
+//! Checks a parsed config for what serde cannot see: families, duplicates, ports.
+
+use std::collections::HashMap;
+
+use super::Config;
+
+/// A field path (`services[1].vip`) and what is wrong with it.
+pub type Problem = (String, String);
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), Problem> {
+        let problem = |field: &str, text: String| Err((field.to_string(), text));
+        if !self.listen.is_ipv4() || self.listen.port() == 0 {
+            return problem(
+                "listen",
+                format!("{} must be an IPv4 address with a port", self.listen),
+            );
+        }
+        if let Some(listen6) = self.listen6
+            && (!listen6.is_ipv6() || listen6.port() == 0)
+        {
+            return problem(
+                "listen6",
+                format!("{listen6} must be an IPv6 address with a port"),
+            );
+        }
+        let mut names = HashMap::new();
+        let mut vips = HashMap::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let field = |name: &str| format!("services[{i}].{name}");
+            if service.name.trim().is_empty() {
+                return problem(&field("name"), "must not be empty".into());
+            }
+            if let Some(first) = names.insert(service.name.as_str(), i) {
+                return problem(
+                    &field("name"),
+                    format!("\"{}\" is also the name of services[{first}]", service.name),
+                );
+            }
+            if service.vip.port() == 0 {
+                return problem(&field("vip"), format!("{} needs a port", service.vip));
+            }
+            if service.vip.is_ipv6() && self.listen6.is_none() {
+                return problem(
+                    &field("vip"),
+                    format!("{} is IPv6 but no listen6 address is set", service.vip),
+                );
+            }
+            if let Some(first) = vips.insert(service.vip, i) {
+                return problem(
+                    &field("vip"),
+                    format!("{} is also the VIP of services[{first}]", service.vip),
+                );
+            }
+            for (j, endpoint) in service.endpoints.iter().enumerate() {
+                if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is not a reachable address and port"),
+                    );
+                }
+                if service.endpoints[..j].contains(endpoint) {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is listed twice"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError, Protocol};
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.yaml"), text)
+    }
+
+    fn problem(text: &str) -> String {
+        parse(text)
+            .expect_err("the config should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn the_design_example_parses_with_defaults() {
+        let config = parse(
+            "listen: 169.254.77.1:15001\n\
+             enroll:\n  netns: [/var/run/netns/client]\n\
+             services:\n\
+             - name: greeter\n  vip: 10.96.0.10:50051\n  protocol: grpc\n  \
+               endpoints: [10.10.0.11:50051, 10.10.0.12:50051]\n",
+        )
+        .unwrap();
+        assert_eq!(config.admin.to_string(), "127.0.0.1:15090");
+        assert_eq!(config.enroll.netns.len(), 1);
+        assert_eq!(config.services[0].protocol, Protocol::Grpc);
+        assert_eq!(config.services[0].endpoints.len(), 2);
+        assert_eq!(parse("{}").unwrap().services.len(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_field_at_fault() {
+        let svc = |body: &str| format!("services:\n- name: a\n  vip: 10.96.0.1:80\n{body}");
+        assert!(
+            problem("listen: '[fd77::1]:15001'")
+                .contains("listen: [fd77::1]:15001 must be an IPv4")
+        );
+        assert!(
+            problem("services:\n- name: ' '\n  vip: 10.0.0.1:1\n").contains("services[0].name")
+        );
+        assert!(
+            problem(&format!("{}- name: a\n  vip: 10.96.0.2:80\n", svc("")))
+                .contains("services[1].name: \"a\" is also the name of services[0]")
+        );
+        assert!(
+            problem(&format!("{}- name: b\n  vip: 10.96.0.1:80\n", svc("")))
+                .contains("services[1].vip: 10.96.0.1:80 is also the VIP of services[0]")
+        );
+        assert!(problem("services:\n- name: a\n  vip: 10.96.0.1:0\n").contains("services[0].vip"));
+        assert!(
+            problem("services:\n- name: a\n  vip: '[fd96::1]:80'\n").contains("no listen6 address")
+        );
+        assert!(
+            problem(&svc("  endpoints: [10.0.0.1:80, 10.0.0.1:80]\n"))
+                .contains("services[0].endpoints[1]: 10.0.0.1:80 is listed twice")
+        );
+        assert!(problem(&svc("  endpoints: [0.0.0.0:80]\n")).contains("services[0].endpoints[0]"));
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_fields_are_rejected_with_the_file_name() {
+        assert!(problem("services: [").starts_with("config file test.yaml is not valid"));
+        assert!(problem("listne: 1.2.3.4:5").contains("unknown field `listne`"));
+        assert!(
+            problem("services:\n- name: a\n  vip: 10.96.0.1:80\n  protocol: udp\n").contains("udp")
+        );
+        assert!(problem("services:\n- name: a\n  vip: not-an-address\n").contains("services"));
+    }
+}

@@ -1,0 +1,82 @@
+//! The datapath seam: what the kernel is told, and what it reports back.
+//!
+//! [`Kernel`] is the real one (aya: load, attach, pin, typed maps); [`Recorder`] is the
+//! test double that remembers what it was told.
+
+pub mod kernel;
+mod mounts;
+pub mod netns;
+mod recorder;
+
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
+
+pub use kernel::{Kernel, KernelOptions};
+pub use mounts::cgroup2_root;
+use proxy_common::Counter;
+pub use recorder::Recorder;
+
+/// What the kernel programs need from the agent, and the one lookup the proxy needs.
+pub trait Datapath: Send + Sync + 'static {
+    /// Makes the set of enrolled network namespaces (by cookie) exactly `cookies`.
+    fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError>;
+    /// Makes the set of service VIPs exactly `vips`.
+    fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError>;
+    /// Proves the agent is alive; without it the kernel stops steering (fail open).
+    fn beat(&self) -> Result<(), DatapathError>;
+    /// The original destination the kernel filed for the connection `client → local`,
+    /// removed once read. `None` means the kernel did not redirect this connection.
+    fn take_orig_dst(
+        &self,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Option<SocketAddr>, DatapathError>;
+    /// The kernel's counters, summed over CPUs, in [`Counter::ALL`] order.
+    fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{what}: {source}")]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot load or attach the kernel programs: {what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{path}: {problem}")]
+    Setup { path: PathBuf, problem: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DatapathError {
+    fn map(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Self {
+        let what = what.into();
+        move |source| Self::Map { what, source }
+    }
+
+    fn program<E>(what: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |source| Self::Program {
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}

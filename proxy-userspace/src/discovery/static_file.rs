@@ -1,0 +1,195 @@
+//! Static discovery: the config file, polled and hot-reloaded.
+//!
+//! Polling (rather than inotify) also follows Kubernetes ConfigMap volumes, which
+//! swap a symlink. An invalid new file is rejected with a log line naming the
+//! problem, once per distinct content, and the last good config stays in force.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::{Desired, Discovery};
+use crate::config::{Config, ConfigError};
+
+/// How often the file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct StaticFile {
+    rx: watch::Receiver<Arc<Desired>>,
+}
+
+impl StaticFile {
+    /// Loads `path` (an error if it is invalid) and starts watching it for changes.
+    /// Returns the first config too: its listen and admin addresses are fixed for the
+    /// agent's lifetime.
+    pub fn start(path: &Path, interval: Duration) -> Result<(Self, Config), ConfigError> {
+        let text = read(path)?;
+        let config = Config::parse(path, &text)?;
+        let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
+        let poller = Poller {
+            path: path.to_owned(),
+            first: config.clone(),
+            last_text: text,
+        };
+        tokio::spawn(poller.run(tx, interval));
+        Ok((Self { rx }, config))
+    }
+}
+
+impl Discovery for StaticFile {
+    fn watch(&self) -> watch::Receiver<Arc<Desired>> {
+        self.rx.clone()
+    }
+}
+
+struct Poller {
+    path: PathBuf,
+    first: Config,
+    last_text: String,
+}
+
+impl Poller {
+    async fn run(mut self, tx: watch::Sender<Arc<Desired>>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !tx.is_closed() {
+            ticker.tick().await;
+            if let Some(desired) = self.check() {
+                tx.send_if_modified(|current| {
+                    let changed = **current != desired;
+                    *current = Arc::new(desired);
+                    changed
+                });
+            }
+        }
+    }
+
+    /// Reads the file; returns the new desired state if it changed and is valid.
+    fn check(&mut self) -> Option<Desired> {
+        let text = match read(&self.path) {
+            Ok(text) => text,
+            Err(err) => {
+                if !self.last_text.is_empty() {
+                    warn!("{err}; keeping the last good config");
+                }
+                self.last_text.clear();
+                return None;
+            }
+        };
+        if text == self.last_text {
+            return None;
+        }
+        self.last_text = text;
+        match Config::parse(&self.path, &self.last_text) {
+            Ok(config) => {
+                self.warn_fixed_fields(&config);
+                info!(
+                    services = config.services.len(),
+                    netns = config.enroll.netns.len(),
+                    "config reloaded from {}",
+                    self.path.display()
+                );
+                Some(Desired::from(&config))
+            }
+            Err(err) => {
+                error!("config reload rejected: {err}; keeping the last good config");
+                None
+            }
+        }
+    }
+
+    fn warn_fixed_fields(&self, new: &Config) {
+        let first = &self.first;
+        if (new.listen, new.listen6, new.admin) != (first.listen, first.listen6, first.admin) {
+            warn!("listen, listen6 and admin changes take effect only when the agent restarts");
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str = "services:\n- name: a\n  vip: 10.96.0.1:80\n  endpoints: [10.10.0.11:80]\n";
+    const TWO: &str = "services:\n- name: a\n  vip: 10.96.0.1:80\n  endpoints: [10.10.0.12:80]\n";
+
+    fn temp_file(text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sockeye-static-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.yaml", rand_suffix()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    async fn next_poll() {
+        tokio::time::sleep(POLL_INTERVAL + Duration::from_millis(1)).await;
+    }
+
+    fn endpoint(rx: &watch::Receiver<Arc<Desired>>) -> String {
+        rx.borrow().services[0].endpoints[0].to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_file_is_applied_and_an_invalid_one_is_not() {
+        let path = temp_file(ONE);
+        let (discovery, config) = StaticFile::start(&path, POLL_INTERVAL).unwrap();
+        assert_eq!(config.services.len(), 1);
+        let mut rx = discovery.watch();
+        assert_eq!(endpoint(&rx), "10.10.0.11:80");
+
+        std::fs::write(&path, TWO).unwrap();
+        next_poll().await;
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        assert_eq!(endpoint(&rx), "10.10.0.12:80");
+
+        std::fs::write(&path, "services: [").unwrap();
+        next_poll().await;
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an invalid file must not replace the config"
+        );
+        assert_eq!(endpoint(&rx), "10.10.0.12:80");
+
+        std::fs::remove_file(&path).unwrap();
+        next_poll().await;
+        assert!(
+            !rx.has_changed().unwrap(),
+            "a vanished file must not replace the config"
+        );
+
+        std::fs::write(&path, ONE).unwrap();
+        next_poll().await;
+        assert_eq!(endpoint(&rx), "10.10.0.11:80");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalid_first_file_is_an_error() {
+        let path = temp_file("listen: nowhere");
+        let err = StaticFile::start(&path, POLL_INTERVAL)
+            .err()
+            .expect("rejected");
+        assert!(err.to_string().contains("is not valid"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

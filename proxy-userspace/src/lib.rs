@@ -1,0 +1,12 @@
+//! sockeye, the node agent: steers enrolled Pods' connections to service VIPs into
+//! itself (eBPF), and forwards them to live endpoints.
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod agent;
+pub mod config;
+pub mod datapath;
+pub mod discovery;
+pub mod proxy;
+pub mod state;
+mod sys;

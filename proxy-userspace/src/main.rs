@@ -1,0 +1,91 @@
+//! `sockeye`: the command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use sockeye::agent::{self, RunOptions};
+use tracing_subscriber::EnvFilter;
+
+/// sockeye: an eBPF-accelerated node proxy that sends each request only to live, ready Pods.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent until SIGTERM or SIGINT.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Static configuration file (YAML); hot-reloaded when it changes.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// cgroup v2 directory to attach the kernel programs to [default: the cgroup v2
+    /// root found in /proc/mounts].
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Directory on a bpf filesystem for the agent's pinned maps and links.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/sockeye")]
+    bpffs: PathBuf,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    /// RUST_LOG, when set, takes precedence. At debug the kernel programs log too.
+    #[arg(long, value_name = "FILTER", default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log_directives(&args.log_level));
+    let kernel_debug_log = filter.contains("debug") || filter.contains("trace");
+    if let Err(err) = init_logging(&filter) {
+        eprintln!("error: --log-level {filter:?}: {err}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = RunOptions {
+        config: args.config,
+        cgroup: args.cgroup,
+        bpffs: args.bpffs,
+        kernel_debug_log,
+    };
+    match runtime.block_on(agent::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A bare level applies to sockeye and its kernel programs; libraries stay at warn.
+fn log_directives(level: &str) -> String {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    if LEVELS.contains(&level) {
+        format!("warn,sockeye={level},proxy_ebpf={level}")
+    } else {
+        level.into()
+    }
+}
+
+fn init_logging(filter: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let filter = EnvFilter::try_new(filter)?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init()
+}

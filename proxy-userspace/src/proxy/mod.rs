@@ -1,0 +1,146 @@
+//! The proxy: accepts the connections the kernel steered here, finds each one's
+//! original destination and service, and serves it. Anything the kernel did not
+//! redirect is refused: the listener is not an open proxy.
+
+mod tcp;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    state::{Service, ServiceTable},
+};
+
+pub struct Proxy {
+    datapath: Arc<dyn Datapath>,
+    services: Arc<ArcSwap<ServiceTable>>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("the kernel did not redirect this connection")]
+    NotRedirected,
+    #[error("original destination {0} is not a known service")]
+    UnknownService(SocketAddr),
+    #[error("cannot read the connection's addresses: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+impl Proxy {
+    pub fn new(datapath: Arc<dyn Datapath>, services: Arc<ArcSwap<ServiceTable>>) -> Arc<Self> {
+        Arc::new(Self { datapath, services })
+    }
+
+    /// Accepts connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors or memory: wait rather than spin.
+                    warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.route(&stream, client) {
+                Ok(service) => {
+                    tokio::spawn(tcp::forward(stream, service));
+                }
+                Err(refusal) => {
+                    debug!(%client, "refused: {refusal}");
+                    refuse(stream);
+                }
+            }
+        }
+    }
+
+    /// The service the kernel steered this connection to.
+    pub fn route(&self, stream: &TcpStream, client: SocketAddr) -> Result<Arc<Service>, Refusal> {
+        let local = stream.local_addr()?;
+        let dst = self
+            .datapath
+            .take_orig_dst(client, local)?
+            .ok_or(Refusal::NotRedirected)?;
+        self.services
+            .load()
+            .get(&dst)
+            .cloned()
+            .ok_or(Refusal::UnknownService(dst))
+    }
+}
+
+/// Closes with a reset, so the peer sees a refusal rather than an empty stream.
+fn refuse(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::{
+        config::{Protocol, ServiceConfig},
+        datapath::Recorder,
+    };
+
+    async fn proxy_to(backend: SocketAddr) -> (Arc<Recorder>, SocketAddr, SocketAddr) {
+        let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
+        let services = ServiceTable::new(&[ServiceConfig {
+            name: "echo".into(),
+            vip,
+            protocol: Protocol::Tcp,
+            endpoints: vec![backend],
+        }]);
+        let recorder = Arc::new(Recorder::default());
+        let proxy = Proxy::new(recorder.clone(), Arc::new(ArcSwap::from_pointee(services)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(proxy.serve(listener));
+        (recorder, addr, vip)
+    }
+
+    #[tokio::test]
+    async fn redirected_connections_are_forwarded_and_others_reset() {
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_addr = backend.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = backend.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let (recorder, proxy_addr, vip) = proxy_to(backend_addr).await;
+
+        // Not redirected: no original destination was filed for this client.
+        let mut stray = TcpStream::connect(proxy_addr).await.unwrap();
+        let err = stray.read(&mut [0; 1]).await.expect_err("reset");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+
+        // Redirected: file the original destination the way the kernel would.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        recorder
+            .orig_dst
+            .lock()
+            .unwrap()
+            .insert(socket.local_addr().unwrap(), vip);
+        let mut client = socket.connect(proxy_addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"ping")
+            .await
+            .unwrap();
+        let mut buf = [0; 4];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+}
