@@ -1,1 +1,68 @@
+//! The sandbox node: a Kubernetes node in miniature, built from kernel primitives.
+//!
+//! The node is a network namespace of its own holding a bridge, the agent's listen
+//! addresses and a kube-proxy stand-in (nftables DNAT from VIPs to Pod IPs). Each Pod
+//! is a network namespace on a veth into the bridge, routed only to the bridge subnet,
+//! the VIP ranges and the agent, all through the node. Every process the sandbox starts
+//! runs in a test cgroup, where the agent attaches its programs. Nothing touches the
+//! machine's root namespace or root cgroup, and everything is removed on drop, on a
+//! panic, and (for crashed runs) by a sweep when the next sandbox starts.
 
+mod agent;
+mod cgroup;
+pub mod echo_node;
+pub mod kernel;
+mod kube_proxy;
+mod names;
+mod netns;
+pub mod node;
+pub mod probe;
+mod proc;
+mod sys;
+
+pub use agent::Agent;
+pub use echo_node::EchoNode;
+pub use netns::Netns;
+pub use node::{Pod, Sandbox, ServiceSpec};
+pub use proc::Proc;
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some` or `timeout` passes. Integration tests wait for
+/// a state this way, never with a bare sleep.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Finds one of the workspace's binaries (`sockeye`, `sk-pod`) next to the running
+/// executable, or in `$SOCKEYE_BIN_DIR`.
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("SOCKEYE_BIN_DIR") {
+        dirs.push(std::path::PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/x, or target/<profile>/deps/x for test binaries.
+    for dir in exe.ancestors().skip(1).take(2) {
+        dirs.push(dir.to_path_buf());
+    }
+    dirs.iter().map(|dir| dir.join(name)).find(|path| path.is_file()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "cannot find the `{name}` binary in {dirs:?}: build it first \
+             (`cargo build --bins`; `cargo xtask test` does it for you)"
+        )
+    })
+}

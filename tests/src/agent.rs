@@ -1,0 +1,132 @@
+//! The sockeye agent, running in the sandbox's node namespace and test cgroup.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    Pod, Proc, Sandbox, ServiceSpec,
+    node::{AGENT_IP4, AGENT_IP6, AGENT_PORT},
+};
+
+pub const ADMIN: &str = "127.0.0.1:15090";
+
+pub struct Agent {
+    proc: Proc,
+    config: PathBuf,
+    pin_dir: PathBuf,
+    node: crate::Netns,
+}
+
+impl Agent {
+    pub(crate) fn start(sandbox: &Sandbox, config: &str) -> anyhow::Result<Self> {
+        let path = sandbox.dir().join("agent.yaml");
+        std::fs::write(&path, config)?;
+        let mut command = Command::new(crate::binary("sockeye")?);
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .arg("--cgroup")
+            .arg(sandbox.cgroup())
+            .arg("--bpffs")
+            .arg(sandbox.pin_dir())
+            .args(["--log-level", "debug"]);
+        let proc = sandbox.spawn_in_node("agent", command)?;
+        let agent = Self {
+            proc,
+            config: path,
+            pin_dir: sandbox.pin_dir().into(),
+            // A second handle on the node namespace, for admin requests.
+            node: crate::Netns::borrowed(sandbox.node().name()),
+        };
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        crate::wait_for("the agent to be ready", timeout, || {
+            self.admin_get("/readyz").ok().filter(|(status, _)| *status == 200)
+        })
+        .with_context(|| format!("agent log:\n{}", self.proc.log()))?;
+        Ok(())
+    }
+
+    /// GET on the admin endpoint (inside the node namespace): status and body.
+    pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        self.node.run(|| http_get(ADMIN.parse().expect("valid"), path))?
+    }
+
+    /// Replaces the config file; the agent reloads it within its poll interval.
+    pub fn write_config(&self, config: &str) -> anyhow::Result<()> {
+        // Write then rename, as a ConfigMap update does, so no half file is read.
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, config)?;
+        std::fs::rename(&tmp, &self.config)?;
+        Ok(())
+    }
+
+    /// The kernel programs' counters.
+    pub fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+        crate::kernel::counters(&self.pin_dir)
+    }
+
+    pub fn proc(&self) -> &Proc {
+        &self.proc
+    }
+
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+}
+
+/// The agent's config: listeners on the node, these Pods enrolled, these services.
+pub fn config_yaml(enrolled: &[&Pod], services: &[ServiceSpec]) -> String {
+    let netns: Vec<String> =
+        enrolled.iter().map(|p| p.netns().path().display().to_string()).collect();
+    let mut yaml = format!(
+        "listen: {AGENT_IP4}:{AGENT_PORT}\nlisten6: '[{AGENT_IP6}]:{AGENT_PORT}'\n\
+         admin: {ADMIN}\nenroll:\n  netns: [{}]\nservices:\n",
+        netns.join(", ")
+    );
+    for s in services {
+        let endpoints: Vec<String> = s.endpoints.iter().map(|e| format!("'{e}'")).collect();
+        yaml.push_str(&format!(
+            "- name: {}\n  vip: '{}'\n  protocol: tcp\n  endpoints: [{}]\n",
+            s.name,
+            s.vip,
+            endpoints.join(", ")
+        ));
+    }
+    if services.is_empty() {
+        yaml.push_str("  []\n");
+    }
+    yaml
+}
+
+/// A minimal HTTP/1.0 GET: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: sockeye\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,119 @@
+//! `sk-pod`: the programs sandbox Pods run.
+//!
+//!   sk-pod tcp-echo --port P --name NAME
+//!       Listens on [::]:P (IPv4 and IPv6). Each connection first receives
+//!       "NAME CLIENT-IP\n", then has its bytes echoed back.
+//!   sk-pod tcp-probe --to ADDR --count N [--concurrency C] [--timeout-ms T]
+//!       Opens N connections to ADDR (C at a time), checks each against an echo
+//!       backend, and prints a JSON report (sandbox::probe::Report) as its last line.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    sync::Mutex,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use sandbox::probe::Report;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let flags = flags(args)?;
+    let get = |name: &str| flags.get(name).with_context(|| format!("--{name} is required"));
+    match command.as_str() {
+        "tcp-echo" => echo(get("port")?.parse()?, get("name")?),
+        "tcp-probe" => {
+            let to: SocketAddr = get("to")?.parse()?;
+            let count = get("count")?.parse()?;
+            let concurrency = flags.get("concurrency").map_or(Ok(1), |c| c.parse())?;
+            let timeout = flags.get("timeout-ms").map_or(Ok(2000), |t| t.parse())?;
+            let report = probe(to, count, concurrency, Duration::from_millis(timeout));
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        _ => bail!("usage: sk-pod tcp-echo --port P --name NAME | tcp-probe --to ADDR --count N"),
+    }
+}
+
+fn flags(args: impl Iterator<Item = String>) -> anyhow::Result<HashMap<String, String>> {
+    let args: Vec<String> = args.collect();
+    args.chunks(2)
+        .map(|pair| match pair {
+            [flag, value] if flag.starts_with("--") => {
+                Ok((flag.trim_start_matches("--").to_string(), value.clone()))
+            }
+            _ => bail!("expected `--flag value` pairs, got {pair:?}"),
+        })
+        .collect()
+}
+
+fn echo(port: u16, name: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    println!("{name} listening on {}", listener.local_addr()?);
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let name = name.to_string();
+        std::thread::spawn(move || serve_echo(stream, &name));
+    }
+    Ok(())
+}
+
+fn serve_echo(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
+    let peer = stream.peer_addr()?.ip().to_canonical();
+    writeln!(stream, "{name} {peer}")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        stream.write_all(line.as_bytes())?;
+        line.clear();
+    }
+    Ok(())
+}
+
+fn probe(to: SocketAddr, count: usize, concurrency: usize, timeout: Duration) -> Report {
+    let report = Mutex::new(Report::default());
+    let concurrency = concurrency.clamp(1, count.max(1));
+    std::thread::scope(|scope| {
+        for worker in 0..concurrency {
+            let report = &report;
+            scope.spawn(move || {
+                for _ in (worker..count).step_by(concurrency) {
+                    let outcome = check_once(to, timeout);
+                    let mut report = report.lock().unwrap();
+                    match outcome {
+                        Ok((backend, peer)) => {
+                            report.ok += 1;
+                            *report.backends.entry(backend).or_default() += 1;
+                            *report.peers.entry(peer).or_default() += 1;
+                        }
+                        Err(err) => {
+                            report.failed += 1;
+                            *report.errors.entry(format!("{err:#}")).or_default() += 1;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    report.into_inner().unwrap()
+}
+
+/// One connection: read the backend's greeting, check one echoed line.
+fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, String)> {
+    let mut stream = TcpStream::connect_timeout(&to, timeout).context("connect")?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).context("greeting")?;
+    let (backend, peer) = greeting.trim().split_once(' ').context("no greeting (reset or EOF)")?;
+    stream.write_all(b"ping\n").context("send")?;
+    let mut echoed = String::new();
+    reader.read_line(&mut echoed).context("echo")?;
+    if echoed != "ping\n" {
+        bail!("bad echo {echoed:?}");
+    }
+    Ok((backend.to_string(), peer.to_string()))
+}

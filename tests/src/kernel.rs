@@ -1,0 +1,26 @@
+//! What the agent's pinned maps say, read the way any tool on the node could.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use proxy_common::{Counter, FourTuple, SockAddr, map_names};
+
+/// The kernel programs' counters, by name, summed over CPUs.
+pub fn counters(pin_dir: &Path) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let path = pin_dir.join(map_names::COUNTERS);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let map = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data))?;
+    Counter::ALL
+        .iter()
+        .map(|c| Ok((c.name(), map.get(&(*c as u32), 0)?.iter().sum())))
+        .collect()
+}
+
+/// How many original destinations are filed and not yet taken by the agent.
+pub fn pending_orig_dst(pin_dir: &Path) -> anyhow::Result<usize> {
+    let path = pin_dir.join(map_names::ORIG_BY_TUPLE);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let map = HashMap::<_, FourTuple, SockAddr>::try_from(Map::LruHashMap(data))?;
+    Ok(map.keys().count())
+}

@@ -1,0 +1,49 @@
+//! The sandbox's only `unsafe` code: entering namespaces and cgroups.
+#![allow(unsafe_code)]
+
+use std::{
+    fs::File,
+    io::{self, Write as _},
+    os::{fd::AsRawFd, unix::process::CommandExt as _},
+    process::Command,
+};
+
+/// Moves the calling thread into the network namespace `ns`.
+pub fn enter_netns(ns: &File) -> io::Result<()> {
+    // SAFETY: `ns` is an open file; setns checks it and only changes this thread.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes `command`'s child enter `netns` and join the cgroup whose `cgroup.procs` is
+/// open as `procs`, before it executes.
+pub fn spawn_inside(command: &mut Command, netns: File, procs: Option<File>) {
+    let hook = move || {
+        if let Some(procs) = &procs {
+            // "0" means the writing process itself.
+            (&*procs).write_all(b"0")?;
+        }
+        enter_netns(&netns)
+    };
+    // SAFETY: the hook runs between fork and exec and only makes the write(2) and
+    // setns(2) system calls on descriptors opened before the fork; it allocates nothing.
+    unsafe { command.pre_exec(hook) };
+}
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a process with this id exists.
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    exists || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

@@ -1,0 +1,89 @@
+//! cgroup/connect4: which IPv4 connects are steered into the agent, and fail open.
+//! Needs root: each test builds a sandbox node.
+
+use std::time::{Duration, Instant};
+
+use sandbox::{EchoNode, node::NODE_IP4};
+
+const VIP: &str = "10.96.0.10:7000";
+const OTHER_VIP: &str = "10.96.0.11:7000";
+
+#[test]
+fn enrolled_connects_to_a_vip_reach_the_right_service_through_the_agent() {
+    let node = EchoNode::new(3).unwrap();
+    let echo = node.service("echo", VIP, &["b1", "b2"]);
+    let other = node.service("other", OTHER_VIP, &["b3"]);
+    let agent = node.start_agent(&[echo.clone(), other.clone()]).unwrap();
+
+    let report = node.client().probe(echo.vip, 20, 4).unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.backend_names(), ["b1", "b2"], "round robin over echo's endpoints");
+    // The agent connects to backends from the node: the backend sees the node's address.
+    assert_eq!(report.only_peer(), Some(NODE_IP4.to_string().as_str()), "{report:?}");
+
+    // Same port, another VIP: the agent must have read each connection's own VIP.
+    let report = node.client().probe(other.vip, 5, 1).unwrap();
+    assert_eq!(report.backend_names(), ["b3"], "{report:?}");
+
+    let counters = agent.counters().unwrap();
+    assert_eq!(counters["steered"], 25, "{counters:?}");
+    assert_eq!(counters["orig_dst_filed"], 25, "{counters:?}");
+}
+
+#[test]
+fn a_namespace_that_is_not_enrolled_takes_the_dnat_path() {
+    let node = EchoNode::new(2).unwrap();
+    let echo = node.service("echo", VIP, &["b1", "b2"]);
+    let agent = node.start_agent(&[echo.clone()]).unwrap();
+
+    // The outsider runs in the same cgroup: only its namespace differs.
+    let report = node.outsider().probe(echo.vip, 10, 2).unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    // DNAT keeps the client's address; the agent's path would show the node's.
+    assert_eq!(report.only_peer(), Some(node.outsider().ip4.to_string().as_str()));
+    let counters = agent.counters().unwrap();
+    assert_eq!(counters["steered"], 0, "{counters:?}");
+    assert!(counters["skip_not_enrolled"] >= 10, "{counters:?}");
+}
+
+#[test]
+fn an_enrolled_connect_to_an_address_that_is_not_a_vip_is_left_alone() {
+    let node = EchoNode::new(1).unwrap();
+    let echo = node.service("echo", VIP, &["b1"]);
+    let agent = node.start_agent(&[echo]).unwrap();
+
+    let direct = node.sandbox.pod("b1").addr(sandbox::echo_node::ECHO_PORT);
+    let report = node.client().probe(direct, 5, 1).unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.only_peer(), Some(node.client().ip4.to_string().as_str()));
+    let counters = agent.counters().unwrap();
+    assert_eq!(counters["steered"], 0, "{counters:?}");
+    assert!(counters["skip_not_vip"] >= 5, "{counters:?}");
+}
+
+#[test]
+fn after_the_agent_is_killed_connects_fail_open_to_dnat_within_two_seconds() {
+    let node = EchoNode::new(2).unwrap();
+    let echo = node.service("echo", VIP, &["b1", "b2"]);
+    let mut agent = node.start_agent(&[echo.clone()]).unwrap();
+    let steered = node.client().probe(echo.vip, 3, 1).unwrap();
+    assert_eq!(steered.only_peer(), Some(NODE_IP4.to_string().as_str()), "{steered:?}");
+
+    agent.proc().signal(libc::SIGKILL).unwrap();
+    agent.proc_mut().wait(Duration::from_secs(5)).unwrap();
+    let killed = Instant::now();
+    // The programs stay attached through their pinned links; only the heartbeat stops.
+    assert!(node.sandbox.pin_dir().join("link_sk_connect4").exists());
+    let client_ip = node.client().ip4.to_string();
+    let recovered = sandbox::wait_for("a connect through DNAT", Duration::from_secs(5), || {
+        let report = node.client().probe(echo.vip, 1, 1).ok()?;
+        (report.only_peer() == Some(client_ip.as_str())).then(|| killed.elapsed())
+    })
+    .unwrap();
+    println!("fail open: first DNAT connect succeeded {recovered:?} after SIGKILL");
+    assert!(recovered <= Duration::from_secs(2), "took {recovered:?}");
+    let after = node.client().probe(echo.vip, 10, 2).unwrap();
+    assert_eq!(after.failed, 0, "{after:?}");
+    let counters = sandbox::kernel::counters(node.sandbox.pin_dir()).unwrap();
+    assert!(counters["skip_agent_dead"] >= 10, "{counters:?}");
+}
