@@ -5,18 +5,11 @@ use std::{env, path::Path, process::Command};
 
 fn main() -> anyhow::Result<()> {
     let manifest_dir = env::var("CARGO_MANIFEST_DIR")?;
-    let root = Path::new(&manifest_dir)
-        .parent()
-        .expect("the workspace root");
+    let root = Path::new(&manifest_dir).parent().expect("the workspace root");
     // The object embeds the shared map layouts too.
-    println!(
-        "cargo:rerun-if-changed={}",
-        root.join("proxy-common/src").display()
-    );
-    let found = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    println!("cargo:rerun-if-changed={}", root.join("proxy-common/src").display());
+    let found =
+        Command::new("bpf-linker").arg("--version").output().is_ok_and(|o| o.status.success());
     if !found && env::var_os("AYA_BUILD_SKIP").is_none() {
         anyhow::bail!(
             "bpf-linker is not on PATH: the kernel programs cannot be built. \

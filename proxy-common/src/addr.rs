@@ -21,11 +21,7 @@ pub struct SockAddr {
 impl SockAddr {
     /// `ip` in network byte order as the kernel stores it, `port` in host order.
     pub const fn v4(ip: u32, port: u16) -> Self {
-        Self {
-            ip: [ip, 0, 0, 0],
-            port,
-            family: AF_INET,
-        }
+        Self { ip: [ip, 0, 0, 0], port, family: AF_INET }
     }
 
     /// `ip` in network byte order as the kernel stores it, `port` in host order.
@@ -35,11 +31,7 @@ impl SockAddr {
         if is_v4_mapped(ip) {
             return Self::v4(ip[3], port);
         }
-        Self {
-            ip,
-            port,
-            family: AF_INET6,
-        }
+        Self { ip, port, family: AF_INET6 }
     }
 
     pub const fn is_v4(&self) -> bool {
@@ -48,11 +40,7 @@ impl SockAddr {
 
     /// The words to write into an IPv6 socket address: IPv4 addresses come back mapped.
     pub const fn ip6_words(&self) -> [u32; 4] {
-        if self.is_v4() {
-            [0, 0, V4_MAPPED_MARK, self.ip[0]]
-        } else {
-            self.ip
-        }
+        if self.is_v4() { [0, 0, V4_MAPPED_MARK, self.ip[0]] } else { self.ip }
     }
 }
 
@@ -142,10 +130,7 @@ mod tests {
 
         let mapped: SocketAddr = "[::ffff:10.96.0.10]:80".parse().unwrap();
         let sock = SockAddr::from(mapped);
-        assert_eq!(
-            sock,
-            SockAddr::from("10.96.0.10:80".parse::<SocketAddr>().unwrap())
-        );
+        assert_eq!(sock, SockAddr::from("10.96.0.10:80".parse::<SocketAddr>().unwrap()));
         assert_eq!(sock.ip6_words(), SockAddr::from(mapped).ip6_words());
         assert_eq!(SockAddr::v6(sock.ip6_words(), 80), sock);
     }

@@ -32,11 +32,7 @@ pub fn decide(c: Connect<'_>) -> Result<SockAddr, Counter> {
         Some(agent) if agent.is_alive(c.now_ns) => agent,
         _ => return Err(Counter::SkipAgentDead),
     };
-    let listener = if c.dst.is_v4() {
-        agent.listen4
-    } else {
-        agent.listen6
-    };
+    let listener = if c.dst.is_v4() { agent.listen4 } else { agent.listen6 };
     if listener.family == 0 {
         return Err(Counter::SkipNoListener);
     }
@@ -77,88 +73,34 @@ mod tests {
     fn steers_only_when_every_condition_holds() {
         let a = agent();
         assert_eq!(decide(connect(&a)), Ok(a.listen4));
+        assert_eq!(decide(Connect { is_tcp: false, ..connect(&a) }), Err(Counter::SkipNotTcp));
+        assert_eq!(decide(Connect { is_vip: false, ..connect(&a) }), Err(Counter::SkipNotVip));
         assert_eq!(
-            decide(Connect {
-                is_tcp: false,
-                ..connect(&a)
-            }),
-            Err(Counter::SkipNotTcp)
-        );
-        assert_eq!(
-            decide(Connect {
-                is_vip: false,
-                ..connect(&a)
-            }),
-            Err(Counter::SkipNotVip)
-        );
-        assert_eq!(
-            decide(Connect {
-                enrolled: false,
-                ..connect(&a)
-            }),
+            decide(Connect { enrolled: false, ..connect(&a) }),
             Err(Counter::SkipNotEnrolled)
         );
-        assert_eq!(
-            decide(Connect {
-                agent: None,
-                ..connect(&a)
-            }),
-            Err(Counter::SkipAgentDead)
-        );
+        assert_eq!(decide(Connect { agent: None, ..connect(&a) }), Err(Counter::SkipAgentDead));
     }
 
     #[test]
     fn a_stale_or_missing_heartbeat_fails_open() {
         let a = agent();
         let fresh = a.heartbeat_ns + HEARTBEAT_MAX_AGE_NS;
-        assert!(
-            decide(Connect {
-                now_ns: fresh,
-                ..connect(&a)
-            })
-            .is_ok()
-        );
+        assert!(decide(Connect { now_ns: fresh, ..connect(&a) }).is_ok());
         let stale = fresh + 1;
-        assert_eq!(
-            decide(Connect {
-                now_ns: stale,
-                ..connect(&a)
-            }),
-            Err(Counter::SkipAgentDead)
-        );
-        let never = AgentState {
-            heartbeat_ns: 0,
-            ..a
-        };
+        assert_eq!(decide(Connect { now_ns: stale, ..connect(&a) }), Err(Counter::SkipAgentDead));
+        let never = AgentState { heartbeat_ns: 0, ..a };
         assert_eq!(decide(connect(&never)), Err(Counter::SkipAgentDead));
         // A heartbeat written after `now` was read (another CPU) is still fresh.
-        assert!(
-            decide(Connect {
-                now_ns: a.heartbeat_ns - 5,
-                ..connect(&a)
-            })
-            .is_ok()
-        );
+        assert!(decide(Connect { now_ns: a.heartbeat_ns - 5, ..connect(&a) }).is_ok());
     }
 
     #[test]
     fn ipv6_needs_an_ipv6_listener() {
         let a = agent();
-        let v6 = Connect {
-            dst: addr("[fd96::10]:50051"),
-            ..connect(&a)
-        };
+        let v6 = Connect { dst: addr("[fd96::10]:50051"), ..connect(&a) };
         assert_eq!(decide(v6), Err(Counter::SkipNoListener));
-        let dual = AgentState {
-            listen6: addr("[fd77::1]:15001"),
-            ..a
-        };
-        assert_eq!(
-            decide(Connect {
-                agent: Some(&dual),
-                ..v6
-            }),
-            Ok(dual.listen6)
-        );
+        let dual = AgentState { listen6: addr("[fd77::1]:15001"), ..a };
+        assert_eq!(decide(Connect { agent: Some(&dual), ..v6 }), Ok(dual.listen6));
     }
 }

@@ -26,14 +26,7 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> 
     let is_vip = unsafe { VIPS.get(&dst) }.is_some();
     // Only look further for TCP connects to a VIP: most connects stop here.
     if !is_tcp || !is_vip {
-        return decide(Connect {
-            is_tcp,
-            is_vip,
-            enrolled: false,
-            agent: None,
-            now_ns: 0,
-            dst,
-        });
+        return decide(Connect { is_tcp, is_vip, enrolled: false, agent: None, now_ns: 0, dst });
     }
     // SAFETY: the helper takes the context pointer of a sock_addr program.
     let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
@@ -50,13 +43,8 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> 
     })?;
     // SAFETY: the helper takes the context pointer of a sock_addr program.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    ORIG_BY_COOKIE
-        .insert(&cookie, &dst, 0)
-        .map_err(|_| Counter::SkipMapFull)?;
-    debug!(
-        ctx,
-        "steer cookie={} netns={} port={}", cookie, netns, dst.port
-    );
+    ORIG_BY_COOKIE.insert(&cookie, &dst, 0).map_err(|_| Counter::SkipMapFull)?;
+    debug!(ctx, "steer cookie={} netns={} port={}", cookie, netns, dst.port);
     Ok(listener)
 }
 

@@ -46,8 +46,6 @@ fn file_orig_dst(ctx: &SockOpsContext) -> Result<bool, Counter> {
             dst: SockAddr::v6(ctx.remote_ip6(), remote_port),
         }
     };
-    ORIG_BY_TUPLE
-        .insert(&tuple, &dst, 0)
-        .map_err(|_| Counter::OrigDstFileFailed)?;
+    ORIG_BY_TUPLE.insert(&tuple, &dst, 0).map_err(|_| Counter::OrigDstFileFailed)?;
     Ok(true)
 }

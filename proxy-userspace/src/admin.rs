@@ -40,9 +40,8 @@ pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>) {
                 let readiness = readiness.clone();
                 async move { Ok::<_, Infallible>(respond(&req, &readiness)) }
             });
-            if let Err(err) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(err) =
+                http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 debug!("admin connection: {err}");
             }
@@ -52,10 +51,7 @@ pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>) {
 
 fn respond<B>(req: &Request<B>, readiness: &Readiness) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "the admin endpoint is read-only\n",
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "the admin endpoint is read-only\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -88,9 +84,6 @@ mod tests {
         assert_eq!(get("/readyz", &readiness), StatusCode::OK);
         assert_eq!(get("/nope", &readiness), StatusCode::NOT_FOUND);
         let post = Request::post("/readyz").body(()).unwrap();
-        assert_eq!(
-            respond(&post, &readiness).status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        assert_eq!(respond(&post, &readiness).status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 }

@@ -70,11 +70,7 @@ async fn serve(
     apply(&first, kernel.as_ref(), &services).context("applying the config")?;
     kernel.beat()?;
     readiness.set(true);
-    info!(
-        services = first.services.len(),
-        netns = first.enroll.len(),
-        "sockeye is ready"
-    );
+    info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
     tasks.spawn(heartbeat(kernel.clone()));
     let proxy = Proxy::new(kernel.clone(), services.clone());
@@ -118,12 +114,8 @@ pub fn apply(
         .collect::<anyhow::Result<BTreeSet<u64>>>()?;
     let table = ServiceTable::new(&desired.services);
     let new_vips = table.vips();
-    let kept: BTreeSet<SocketAddr> = services
-        .load()
-        .vips()
-        .intersection(&new_vips)
-        .copied()
-        .collect();
+    let kept: BTreeSet<SocketAddr> =
+        services.load().vips().intersection(&new_vips).copied().collect();
     datapath.set_vips(&kept)?;
     services.store(Arc::new(table));
     datapath.set_vips(&new_vips)?;
@@ -152,10 +144,7 @@ async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
 }
 
 async fn shutdown_signal() -> Result<(), DatapathError> {
-    let io = |source| DatapathError::Io {
-        path: "signal handler".into(),
-        source,
-    };
+    let io = |source| DatapathError::Io { path: "signal handler".into(), source };
     let mut term = tokio::signal::unix::signal(SignalKind::terminate()).map_err(io)?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).map_err(io)?;
     tokio::select! {
@@ -197,16 +186,10 @@ mod tests {
         assert_eq!(recorder.enrolled.lock().unwrap().len(), 1);
         assert_eq!(table.load().len(), 2);
 
-        let fewer = Desired {
-            services: vec![service("b", "10.96.0.2:80")],
-            enroll: vec![],
-        };
+        let fewer = Desired { services: vec![service("b", "10.96.0.2:80")], enroll: vec![] };
         apply(&fewer, &recorder, &table).unwrap();
         let vips = recorder.vips.lock().unwrap().clone();
-        assert_eq!(
-            vips.into_iter().collect::<Vec<_>>(),
-            vec!["10.96.0.2:80".parse().unwrap()]
-        );
+        assert_eq!(vips.into_iter().collect::<Vec<_>>(), vec!["10.96.0.2:80".parse().unwrap()]);
         assert!(recorder.enrolled.lock().unwrap().is_empty());
         assert!(table.load().get(&"10.96.0.1:80".parse().unwrap()).is_none());
     }

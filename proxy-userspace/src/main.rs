@@ -47,10 +47,7 @@ fn main() -> ExitCode {
         eprintln!("error: --log-level {filter:?}: {err}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -84,8 +81,5 @@ fn log_directives(level: &str) -> String {
 
 fn init_logging(filter: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let filter = EnvFilter::try_new(filter)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .try_init()
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init()
 }

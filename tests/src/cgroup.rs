@@ -14,7 +14,8 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn create(root: &Path, name: &str) -> anyhow::Result<Self> {
         let path = root.join(name);
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Self { path })
     }
 

@@ -11,10 +11,7 @@ pub fn counters(pin_dir: &Path) -> anyhow::Result<BTreeMap<&'static str, u64>> {
     let path = pin_dir.join(map_names::COUNTERS);
     let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
     let map = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data))?;
-    Counter::ALL
-        .iter()
-        .map(|c| Ok((c.name(), map.get(&(*c as u32), 0)?.iter().sum())))
-        .collect()
+    Counter::ALL.iter().map(|c| Ok((c.name(), map.get(&(*c as u32), 0)?.iter().sum()))).collect()
 }
 
 /// How many original destinations are filed and not yet taken by the agent.

@@ -25,6 +25,7 @@ pub use echo_node::EchoNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
+pub use sys::{catch_interrupt, interrupted};
 
 use std::time::{Duration, Instant};
 

@@ -235,7 +235,12 @@ impl Pod {
     }
 
     /// Runs `sk-pod tcp-probe` against `target` and returns its report.
-    pub fn probe(&self, target: SocketAddr, count: usize, concurrency: usize) -> anyhow::Result<Report> {
+    pub fn probe(
+        &self,
+        target: SocketAddr,
+        count: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Report> {
         let args = [
             "tcp-probe".to_string(),
             "--to".into(),

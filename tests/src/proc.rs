@@ -30,6 +30,9 @@ impl Proc {
     ) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         command.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        // Its own process group: a Ctrl-C at the terminal reaches only the caller, which
+        // then tears the sandbox down in order.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         sys::spawn_inside(&mut command, netns, cgroup_procs);
         let child = command.spawn().with_context(|| format!("starting {name}: {command:?}"))?;
         Ok(Self { name: name.into(), child, log: log.into() })

@@ -6,6 +6,7 @@ use std::{
     io::{self, Write as _},
     os::{fd::AsRawFd, unix::process::CommandExt as _},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 /// Moves the calling thread into the network namespace `ns`.
@@ -46,4 +47,22 @@ pub fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     let exists = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
     exists || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// From now on, SIGINT (Ctrl-C) only sets a flag that [`interrupted`] reads, so the
+/// caller can stop and let its guards tear the sandbox down.
+pub fn catch_interrupt() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, note_interrupt as *const () as libc::sighandler_t) };
+}
+
+/// Whether SIGINT arrived since [`catch_interrupt`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }

@@ -68,10 +68,9 @@ fn package_installed(name: &str) -> bool {
 
 fn nightly_rust_src(installed: &mut Vec<String>) -> Result<(), String> {
     let has = |args: &[&str], needle: &str| {
-        Command::new("rustup")
-            .args(args)
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with(needle)))
+        Command::new("rustup").args(args).output().is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with(needle))
+        })
     };
     if !has(&["toolchain", "list"], "nightly") {
         eprintln!("xtask setup: installing the nightly toolchain (kernel programs need it)");
@@ -98,7 +97,14 @@ fn bpf_linker(installed: &mut Vec<String>) -> Result<(), String> {
     eprintln!("xtask setup: building bpf-linker against LLVM 22 (about two minutes)");
     let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
     let status = Command::new("cargo")
-        .args(["install", "--force", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+        .args([
+            "install",
+            "--force",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
         .env("PATH", path)
         .env("LLVM_PREFIX", LLVM_PREFIX)
         .status()

@@ -78,37 +78,26 @@ pub enum ConfigError {
         source: serde_yaml_ng::Error,
     },
     #[error("config file {path}: {field}: {problem}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        problem: String,
-    },
+    Invalid { path: PathBuf, field: String, problem: String },
 }
 
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(path, &text)
     }
 
     /// Parses and validates `text`; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config =
-            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
-                path: path.into(),
-                source,
-            })?;
-        config
-            .validate()
-            .map_err(|(field, problem)| ConfigError::Invalid {
-                path: path.into(),
-                field,
-                problem,
-            })?;
+        let config: Config = serde_yaml_ng::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        config.validate().map_err(|(field, problem)| ConfigError::Invalid {
+            path: path.into(),
+            field,
+            problem,
+        })?;
         Ok(config)
     }
 }

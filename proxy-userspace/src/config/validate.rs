@@ -19,10 +19,7 @@ impl Config {
         if let Some(listen6) = self.listen6
             && (!listen6.is_ipv6() || listen6.port() == 0)
         {
-            return problem(
-                "listen6",
-                format!("{listen6} must be an IPv6 address with a port"),
-            );
+            return problem("listen6", format!("{listen6} must be an IPv6 address with a port"));
         }
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
@@ -82,9 +79,7 @@ mod tests {
     }
 
     fn problem(text: &str) -> String {
-        parse(text)
-            .expect_err("the config should be rejected")
-            .to_string()
+        parse(text).expect_err("the config should be rejected").to_string()
     }
 
     #[test]

@@ -85,10 +85,7 @@ impl Kernel {
         for name in PROGRAMS {
             let link = attach(&mut ebpf, name, &cgroup)?;
             let path = pin_dir.join(format!("link_{name}"));
-            links.push(
-                link.pin(&path)
-                    .map_err(DatapathError::program(format!("pinning {name}")))?,
-            );
+            links.push(link.pin(&path).map_err(DatapathError::program(format!("pinning {name}")))?);
         }
 
         let state = AgentState {
@@ -119,12 +116,7 @@ impl Kernel {
 
     /// Detaches the programs and removes every pin: the kernel forgets sockeye.
     pub fn shutdown(self) -> Result<(), DatapathError> {
-        let Self {
-            links,
-            pin_dir,
-            ebpf,
-            ..
-        } = self;
+        let Self { links, pin_dir, ebpf, .. } = self;
         for link in links {
             // Unpinning and dropping the last descriptor detaches the program.
             link.unpin().map_err(DatapathError::io(&pin_dir))?;
@@ -139,11 +131,7 @@ impl Kernel {
 
 impl Datapath for Kernel {
     fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError> {
-        reconcile(
-            &mut self.enrolled.lock().unwrap(),
-            cookies,
-            map_names::ENROLLED,
-        )
+        reconcile(&mut self.enrolled.lock().unwrap(), cookies, map_names::ENROLLED)
     }
 
     fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError> {
@@ -152,15 +140,8 @@ impl Datapath for Kernel {
     }
 
     fn beat(&self) -> Result<(), DatapathError> {
-        let state = AgentState {
-            heartbeat_ns: sys::monotonic_ns(),
-            ..self.state
-        };
-        self.agent
-            .lock()
-            .unwrap()
-            .set(0, state, 0)
-            .map_err(DatapathError::map(map_names::AGENT))
+        let state = AgentState { heartbeat_ns: sys::monotonic_ns(), ..self.state };
+        self.agent.lock().unwrap().set(0, state, 0).map_err(DatapathError::map(map_names::AGENT))
     }
 
     fn take_orig_dst(
@@ -168,10 +149,7 @@ impl Datapath for Kernel {
         client: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<SocketAddr>, DatapathError> {
-        let key = FourTuple {
-            src: SockAddr::from(client),
-            dst: SockAddr::from(local),
-        };
+        let key = FourTuple { src: SockAddr::from(client), dst: SockAddr::from(local) };
         let mut map = self.orig_dst.lock().unwrap();
         match map.get(&key, 0) {
             Ok(dst) => {
@@ -208,27 +186,15 @@ fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, Datapath
     let mode = CgroupAttachMode::Single;
     if name == "sk_sockops" {
         let program: &mut SockOps = program.try_into().map_err(DatapathError::program(name))?;
-        program
-            .load()
-            .map_err(DatapathError::program(format!("verifying {name}")))?;
-        let id = program
-            .attach(cgroup, mode)
-            .map_err(DatapathError::program(name))?;
-        let link = program
-            .take_link(id)
-            .map_err(DatapathError::program(name))?;
+        program.load().map_err(DatapathError::program(format!("verifying {name}")))?;
+        let id = program.attach(cgroup, mode).map_err(DatapathError::program(name))?;
+        let link = program.take_link(id).map_err(DatapathError::program(name))?;
         return FdLink::try_from(link).map_err(DatapathError::program(name));
     }
     let program: &mut CgroupSockAddr = program.try_into().map_err(DatapathError::program(name))?;
-    program
-        .load()
-        .map_err(DatapathError::program(format!("verifying {name}")))?;
-    let id = program
-        .attach(cgroup, mode)
-        .map_err(DatapathError::program(name))?;
-    let link = program
-        .take_link(id)
-        .map_err(DatapathError::program(name))?;
+    program.load().map_err(DatapathError::program(format!("verifying {name}")))?;
+    let id = program.attach(cgroup, mode).map_err(DatapathError::program(name))?;
+    let link = program.take_link(id).map_err(DatapathError::program(name))?;
     FdLink::try_from(link).map_err(DatapathError::program(name))
 }
 

@@ -69,10 +69,7 @@ impl DatapathError {
         E: std::error::Error + Send + Sync + 'static,
     {
         let what = what.into();
-        move |source| Self::Program {
-            what,
-            source: Box::new(source),
-        }
+        move |source| Self::Program { what, source: Box::new(source) }
     }
 
     fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

@@ -9,20 +9,15 @@ const MOUNTS: &str = "/proc/mounts";
 /// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on most nodes,
 /// `/sys/fs/cgroup/unified` on hybrid hosts).
 pub fn cgroup2_root() -> Result<PathBuf, DatapathError> {
-    mount_points("cgroup2")?
-        .into_iter()
-        .next()
-        .ok_or_else(|| DatapathError::Setup {
-            path: MOUNTS.into(),
-            problem: "no cgroup2 filesystem is mounted; sockeye needs cgroup v2".into(),
-        })
+    mount_points("cgroup2")?.into_iter().next().ok_or_else(|| DatapathError::Setup {
+        path: MOUNTS.into(),
+        problem: "no cgroup2 filesystem is mounted; sockeye needs cgroup v2".into(),
+    })
 }
 
 /// Fails unless `dir` lies on a mounted bpf filesystem.
 pub fn require_bpffs(dir: &Path) -> Result<(), DatapathError> {
-    let on_bpffs = mount_points("bpf")?
-        .iter()
-        .any(|mount| dir.starts_with(mount));
+    let on_bpffs = mount_points("bpf")?.iter().any(|mount| dir.starts_with(mount));
     if on_bpffs {
         return Ok(());
     }
@@ -60,10 +55,7 @@ mod tests {
                       cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                       cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n\
                       bpf /sys/fs/bpf bpf rw 0 0\n";
-        assert_eq!(
-            parse(mounts, "cgroup2"),
-            vec![PathBuf::from("/sys/fs/cgroup/unified")]
-        );
+        assert_eq!(parse(mounts, "cgroup2"), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
         assert_eq!(parse(mounts, "bpf"), vec![PathBuf::from("/sys/fs/bpf")]);
         assert!(parse("garbage\n\n", "bpf").is_empty());
     }

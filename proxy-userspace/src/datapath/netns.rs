@@ -31,9 +31,6 @@ mod tests {
         assert_ne!(own, 0);
         assert_eq!(cookie(Path::new("/proc/self/ns/net")).unwrap(), own);
         assert!(cookie(Path::new("/nonexistent/netns")).is_err());
-        assert!(
-            cookie(Path::new("/proc/self/ns/uts")).is_err(),
-            "not a network namespace"
-        );
+        assert!(cookie(Path::new("/proc/self/ns/uts")).is_err(), "not a network namespace");
     }
 }

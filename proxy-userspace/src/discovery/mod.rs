@@ -19,10 +19,7 @@ pub struct Desired {
 
 impl From<&Config> for Desired {
     fn from(config: &Config) -> Self {
-        Self {
-            services: config.services.clone(),
-            enroll: config.enroll.netns.clone(),
-        }
+        Self { services: config.services.clone(), enroll: config.enroll.netns.clone() }
     }
 }
 

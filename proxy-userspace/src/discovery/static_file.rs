@@ -31,11 +31,7 @@ impl StaticFile {
         let text = read(path)?;
         let config = Config::parse(path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
-        let poller = Poller {
-            path: path.to_owned(),
-            first: config.clone(),
-            last_text: text,
-        };
+        let poller = Poller { path: path.to_owned(), first: config.clone(), last_text: text };
         tokio::spawn(poller.run(tx, interval));
         Ok((Self { rx }, config))
     }
@@ -112,10 +108,7 @@ impl Poller {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
 }
 
 #[cfg(test)]
@@ -134,10 +127,7 @@ mod tests {
     }
 
     fn rand_suffix() -> u128 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     }
 
     async fn next_poll() {
@@ -164,18 +154,12 @@ mod tests {
 
         std::fs::write(&path, "services: [").unwrap();
         next_poll().await;
-        assert!(
-            !rx.has_changed().unwrap(),
-            "an invalid file must not replace the config"
-        );
+        assert!(!rx.has_changed().unwrap(), "an invalid file must not replace the config");
         assert_eq!(endpoint(&rx), "10.10.0.12:80");
 
         std::fs::remove_file(&path).unwrap();
         next_poll().await;
-        assert!(
-            !rx.has_changed().unwrap(),
-            "a vanished file must not replace the config"
-        );
+        assert!(!rx.has_changed().unwrap(), "a vanished file must not replace the config");
 
         std::fs::write(&path, ONE).unwrap();
         next_poll().await;
@@ -186,9 +170,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_invalid_first_file_is_an_error() {
         let path = temp_file("listen: nowhere");
-        let err = StaticFile::start(&path, POLL_INTERVAL)
-            .err()
-            .expect("rejected");
+        let err = StaticFile::start(&path, POLL_INTERVAL).err().expect("rejected");
         assert!(err.to_string().contains("is not valid"), "{err}");
         std::fs::remove_file(&path).unwrap();
     }

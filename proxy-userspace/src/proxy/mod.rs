@@ -65,15 +65,8 @@ impl Proxy {
     /// The service the kernel steered this connection to.
     pub fn route(&self, stream: &TcpStream, client: SocketAddr) -> Result<Arc<Service>, Refusal> {
         let local = stream.local_addr()?;
-        let dst = self
-            .datapath
-            .take_orig_dst(client, local)?
-            .ok_or(Refusal::NotRedirected)?;
-        self.services
-            .load()
-            .get(&dst)
-            .cloned()
-            .ok_or(Refusal::UnknownService(dst))
+        let dst = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
+        self.services.load().get(&dst).cloned().ok_or(Refusal::UnknownService(dst))
     }
 }
 
@@ -130,15 +123,9 @@ mod tests {
         // Redirected: file the original destination the way the kernel would.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        recorder
-            .orig_dst
-            .lock()
-            .unwrap()
-            .insert(socket.local_addr().unwrap(), vip);
+        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), vip);
         let mut client = socket.connect(proxy_addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"ping")
-            .await
-            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"ping").await.unwrap();
         let mut buf = [0; 4];
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");

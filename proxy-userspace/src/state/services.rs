@@ -91,9 +91,7 @@ mod tests {
     fn connect_order_rotates_and_covers_every_endpoint() {
         let table = table();
         let service = table.get(&"10.96.0.10:80".parse().unwrap()).unwrap();
-        let firsts: Vec<_> = (0..6)
-            .map(|_| service.connect_order().next().unwrap())
-            .collect();
+        let firsts: Vec<_> = (0..6).map(|_| service.connect_order().next().unwrap()).collect();
         assert_eq!(firsts[0..3], service.endpoints[..]);
         assert_eq!(firsts[3..6], service.endpoints[..]);
         let mut all: Vec<_> = service.connect_order().collect();
