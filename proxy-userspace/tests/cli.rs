@@ -1,0 +1,36 @@
+//! The command line: `--help` tells the truth and bad input gets a clear error.
+
+use std::process::Command;
+
+fn sockeye(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockeye")).args(args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn help_lists_the_commands_and_flags_that_exist() {
+    let (ok, text) = sockeye(&["--help"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("run"), "{text}");
+    let (ok, text) = sockeye(&["run", "--help"]);
+    assert!(ok, "{text}");
+    for flag in ["--config", "--cgroup", "--bpffs", "--log-level"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn a_missing_or_broken_config_is_a_clear_error() {
+    let (ok, text) = sockeye(&["run", "--config", "/nonexistent/sockeye.yaml"]);
+    assert!(!ok);
+    assert!(text.contains("cannot read config file /nonexistent/sockeye.yaml"), "{text}");
+
+    let path = std::env::temp_dir().join(format!("sockeye-cli-{}.yaml", std::process::id()));
+    std::fs::write(&path, "services:\n- name: a\n  vip: 10.96.0.1:80\n  endpoints: [x]\n").unwrap();
+    let (ok, text) = sockeye(&["run", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(!ok);
+    assert!(text.contains("is not valid") && text.contains("services[0]"), "{text}");
+}
