@@ -4,7 +4,6 @@
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use proxy_common::agent::HEARTBEAT_INTERVAL_MS;
 use tokio::{net::TcpListener, signal::unix::SignalKind, task::JoinSet};
 use tracing::{error, info, warn};
@@ -17,7 +16,7 @@ use crate::{
         static_file::{POLL_INTERVAL, StaticFile},
     },
     proxy::Proxy,
-    state::ServiceTable,
+    state::State,
 };
 
 pub struct RunOptions {
@@ -61,19 +60,19 @@ async fn serve(
     admin_listener: TcpListener,
 ) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
-    let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
+    let state = Arc::new(State::default());
     let mut tasks = JoinSet::new();
     tasks.spawn(admin::serve(admin_listener, readiness.clone()));
 
     let mut desired = discovery.watch();
     let first = desired.borrow_and_update().clone();
-    apply(&first, kernel.as_ref(), &services).context("applying the config")?;
+    apply(&first, kernel.as_ref(), &state).context("applying the config")?;
     kernel.beat()?;
     readiness.set(true);
     info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
     tasks.spawn(heartbeat(kernel.clone()));
-    let proxy = Proxy::new(kernel.clone(), services.clone());
+    let proxy = Proxy::new(kernel.clone(), state.clone());
     for listener in listeners {
         tasks.spawn(proxy.clone().serve(listener));
     }
@@ -81,7 +80,7 @@ async fn serve(
     tasks.spawn(async move {
         while desired.changed().await.is_ok() {
             let next = desired.borrow_and_update().clone();
-            if let Err(err) = apply(&next, datapath.as_ref(), &services) {
+            if let Err(err) = apply(&next, datapath.as_ref(), &state) {
                 error!("config not applied: {err:#}; keeping the last good config");
             }
         }
@@ -94,16 +93,12 @@ async fn serve(
     Ok(())
 }
 
-/// Makes the datapath and the service table match `desired`.
+/// Makes the datapath and the services match `desired`.
 ///
-/// VIPs of removed services leave the kernel before the table forgets them, and VIPs
-/// of new services enter the kernel after the table knows them, so no steered
+/// VIPs of removed services leave the kernel before the state forgets them, and VIPs
+/// of new services enter the kernel after the state knows them, so no steered
 /// connection arrives for a service the proxy does not know.
-pub fn apply(
-    desired: &Desired,
-    datapath: &dyn Datapath,
-    services: &ArcSwap<ServiceTable>,
-) -> anyhow::Result<()> {
+pub fn apply(desired: &Desired, datapath: &dyn Datapath, state: &State) -> anyhow::Result<()> {
     let cookies = desired
         .enroll
         .iter()
@@ -112,12 +107,10 @@ pub fn apply(
                 .with_context(|| format!("enroll.netns {}: cannot read its cookie", path.display()))
         })
         .collect::<anyhow::Result<BTreeSet<u64>>>()?;
-    let table = ServiceTable::new(&desired.services);
-    let new_vips = table.vips();
-    let kept: BTreeSet<SocketAddr> =
-        services.load().vips().intersection(&new_vips).copied().collect();
+    let new_vips: BTreeSet<SocketAddr> = desired.services.iter().map(|s| s.vip).collect();
+    let kept: BTreeSet<SocketAddr> = state.vips().intersection(&new_vips).copied().collect();
     datapath.set_vips(&kept)?;
-    services.store(Arc::new(table));
+    state.apply(&desired.services);
     datapath.set_vips(&new_vips)?;
     datapath.set_enrolled(&cookies)?;
     Ok(())
@@ -160,51 +153,56 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{Protocol, ServiceConfig},
+        config::{Policy, Protocol},
         datapath::Recorder,
+        discovery::{Condition, DesiredEndpoint, DesiredService},
     };
 
-    fn service(name: &str, vip: &str) -> ServiceConfig {
-        ServiceConfig {
+    fn service(name: &str, vip: &str) -> DesiredService {
+        DesiredService {
             name: name.into(),
             vip: vip.parse().unwrap(),
             protocol: Protocol::Tcp,
-            endpoints: vec!["10.10.0.11:80".parse().unwrap()],
+            policy: Policy::default(),
+            endpoints: vec![DesiredEndpoint {
+                addr: "10.10.0.11:80".parse().unwrap(),
+                condition: Condition::Ready,
+            }],
         }
     }
 
-    #[test]
-    fn apply_tells_the_datapath_and_swaps_the_table() {
+    #[tokio::test]
+    async fn apply_tells_the_datapath_and_updates_the_state() {
         let recorder = Recorder::default();
-        let table = ArcSwap::from_pointee(ServiceTable::default());
+        let state = State::default();
         let desired = Desired {
             services: vec![service("a", "10.96.0.1:80"), service("b", "10.96.0.2:80")],
             enroll: vec!["/proc/self/ns/net".into()],
         };
-        apply(&desired, &recorder, &table).unwrap();
+        apply(&desired, &recorder, &state).unwrap();
         assert_eq!(recorder.vips.lock().unwrap().len(), 2);
         assert_eq!(recorder.enrolled.lock().unwrap().len(), 1);
-        assert_eq!(table.load().len(), 2);
+        assert_eq!(state.vips().len(), 2);
 
         let fewer = Desired { services: vec![service("b", "10.96.0.2:80")], enroll: vec![] };
-        apply(&fewer, &recorder, &table).unwrap();
+        apply(&fewer, &recorder, &state).unwrap();
         let vips = recorder.vips.lock().unwrap().clone();
         assert_eq!(vips.into_iter().collect::<Vec<_>>(), vec!["10.96.0.2:80".parse().unwrap()]);
         assert!(recorder.enrolled.lock().unwrap().is_empty());
-        assert!(table.load().get(&"10.96.0.1:80".parse().unwrap()).is_none());
+        assert!(state.lookup(&"10.96.0.1:80".parse().unwrap()).is_none());
     }
 
-    #[test]
-    fn a_missing_namespace_rejects_the_whole_state() {
+    #[tokio::test]
+    async fn a_missing_namespace_rejects_the_whole_state() {
         let recorder = Recorder::default();
-        let table = ArcSwap::from_pointee(ServiceTable::default());
+        let state = State::default();
         let desired = Desired {
             services: vec![service("a", "10.96.0.1:80")],
             enroll: vec![Path::new("/var/run/netns/does-not-exist").into()],
         };
-        let err = apply(&desired, &recorder, &table).unwrap_err();
+        let err = apply(&desired, &recorder, &state).unwrap_err();
         assert!(format!("{err:#}").contains("enroll.netns /var/run/netns/does-not-exist"));
         assert!(recorder.vips.lock().unwrap().is_empty(), "nothing applied");
-        assert!(table.load().is_empty());
+        assert!(state.vips().is_empty());
     }
 }

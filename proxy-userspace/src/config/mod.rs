@@ -3,6 +3,7 @@
 //! Parsing is strict (unknown fields are errors) and validation names the field at
 //! fault, so a broken file is rejected with a message that says what to fix.
 
+pub mod policy;
 mod validate;
 
 use std::{
@@ -11,6 +12,8 @@ use std::{
 };
 
 use serde::Deserialize;
+
+pub use policy::Policy;
 
 /// Where redirected connections arrive unless the file says otherwise.
 pub const DEFAULT_LISTEN: &str = "169.254.77.1:15001";
@@ -52,6 +55,26 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
+    #[serde(default)]
+    pub health: policy::HealthPolicy,
+    #[serde(default)]
+    pub outlier: policy::OutlierPolicy,
+    #[serde(default)]
+    pub retry: policy::RetryPolicy,
+    #[serde(default)]
+    pub timeout: policy::TimeoutPolicy,
+}
+
+impl ServiceConfig {
+    /// The service's `health`, `outlier`, `retry` and `timeout` blocks together.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            health: self.health.clone(),
+            outlier: self.outlier.clone(),
+            retry: self.retry.clone(),
+            timeout: self.timeout.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -49,6 +49,9 @@ impl Config {
                     format!("{} is also the VIP of services[{first}]", service.vip),
                 );
             }
+            if let Err((sub, problem)) = service.policy().validate() {
+                return Err((field(&sub), problem));
+            }
             for (j, endpoint) in service.endpoints.iter().enumerate() {
                 if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
                     return problem(

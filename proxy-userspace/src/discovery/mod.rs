@@ -3,23 +3,69 @@
 
 pub mod static_file;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, Policy, Protocol, ServiceConfig};
 
 /// Everything discovery knows at one moment. The agent makes it so.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub services: Vec<ServiceConfig>,
+    pub services: Vec<DesiredService>,
     /// Network namespace files (`/var/run/netns/x`, `/proc/PID/ns/net`) to enroll.
     pub enroll: Vec<PathBuf>,
 }
 
+/// One service VIP (a ClusterIP and one of its ports) and its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    pub name: String,
+    pub vip: SocketAddr,
+    pub protocol: Protocol,
+    pub policy: Policy,
+    pub endpoints: Vec<DesiredEndpoint>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DesiredEndpoint {
+    pub addr: SocketAddr,
+    pub condition: Condition,
+}
+
+/// What discovery says of an endpoint (Kubernetes EndpointSlice conditions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Ready: eligible for traffic once its health check passes.
+    Ready,
+    /// Known but not ready (readiness probe failing): no traffic.
+    NotReady,
+    /// Terminating (Pod deleted): no new requests; in-flight ones may finish.
+    Terminating,
+}
+
+impl From<&ServiceConfig> for DesiredService {
+    fn from(s: &ServiceConfig) -> Self {
+        Self {
+            name: s.name.clone(),
+            vip: s.vip,
+            protocol: s.protocol,
+            policy: s.policy(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .map(|&addr| DesiredEndpoint { addr, condition: Condition::Ready })
+                .collect(),
+        }
+    }
+}
+
 impl From<&Config> for Desired {
     fn from(config: &Config) -> Self {
-        Self { services: config.services.clone(), enroll: config.enroll.netns.clone() }
+        Self {
+            services: config.services.iter().map(DesiredService::from).collect(),
+            enroll: config.enroll.netns.clone(),
+        }
     }
 }
 

@@ -135,7 +135,7 @@ mod tests {
     }
 
     fn endpoint(rx: &watch::Receiver<Arc<Desired>>) -> String {
-        rx.borrow().services[0].endpoints[0].to_string()
+        rx.borrow().services[0].endpoints[0].addr.to_string()
     }
 
     #[tokio::test(start_paused = true)]

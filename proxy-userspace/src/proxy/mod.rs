@@ -6,18 +6,17 @@ mod tcp;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::{
     datapath::{Datapath, DatapathError},
-    state::{Service, ServiceTable},
+    state::{Service, State},
 };
 
 pub struct Proxy {
     datapath: Arc<dyn Datapath>,
-    services: Arc<ArcSwap<ServiceTable>>,
+    state: Arc<State>,
 }
 
 /// Why a connection was refused.
@@ -34,8 +33,8 @@ pub enum Refusal {
 }
 
 impl Proxy {
-    pub fn new(datapath: Arc<dyn Datapath>, services: Arc<ArcSwap<ServiceTable>>) -> Arc<Self> {
-        Arc::new(Self { datapath, services })
+    pub fn new(datapath: Arc<dyn Datapath>, state: Arc<State>) -> Arc<Self> {
+        Arc::new(Self { datapath, state })
     }
 
     /// Accepts connections on `listener` until the task is dropped.
@@ -66,7 +65,7 @@ impl Proxy {
     pub fn route(&self, stream: &TcpStream, client: SocketAddr) -> Result<Arc<Service>, Refusal> {
         let local = stream.local_addr()?;
         let dst = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
-        self.services.load().get(&dst).cloned().ok_or(Refusal::UnknownService(dst))
+        self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))
     }
 }
 
@@ -81,20 +80,23 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{Protocol, ServiceConfig},
+        config::{Policy, Protocol},
         datapath::Recorder,
+        discovery::{Condition, DesiredEndpoint, DesiredService},
     };
 
     async fn proxy_to(backend: SocketAddr) -> (Arc<Recorder>, SocketAddr, SocketAddr) {
         let vip: SocketAddr = "10.96.0.10:80".parse().unwrap();
-        let services = ServiceTable::new(&[ServiceConfig {
+        let state = Arc::new(State::default());
+        state.apply(&[DesiredService {
             name: "echo".into(),
             vip,
             protocol: Protocol::Tcp,
-            endpoints: vec![backend],
+            policy: Policy::default(),
+            endpoints: vec![DesiredEndpoint { addr: backend, condition: Condition::Ready }],
         }]);
         let recorder = Arc::new(Recorder::default());
-        let proxy = Proxy::new(recorder.clone(), Arc::new(ArcSwap::from_pointee(services)));
+        let proxy = Proxy::new(recorder.clone(), state);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));

@@ -27,6 +27,7 @@ pub async fn forward(mut client: TcpStream, service: Arc<Service>) {
 
 async fn connect_any(service: &Service) -> Option<(TcpStream, SocketAddr)> {
     for endpoint in service.connect_order() {
+        let endpoint = endpoint.addr;
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
             Ok(Ok(stream)) => return Some((stream, endpoint)),
             Ok(Err(err)) => debug!(service = %service.name, %endpoint, "connect failed: {err}"),

@@ -1,0 +1,28 @@
+//! Per-service policy blocks of the config file, with Envoy-like names and documented
+//! defaults: `health`, `outlier`, `retry`, `timeout`. Every block is optional.
+
+mod health;
+mod outlier;
+mod retry;
+mod timeout;
+
+pub use health::HealthPolicy;
+pub use outlier::OutlierPolicy;
+pub use retry::RetryPolicy;
+pub use timeout::TimeoutPolicy;
+
+/// Everything that governs how one service's requests are balanced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub health: HealthPolicy,
+    pub outlier: OutlierPolicy,
+    pub retry: RetryPolicy,
+    pub timeout: TimeoutPolicy,
+}
+
+impl Policy {
+    /// Checks values serde cannot: a field path relative to the service and the problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        Ok(())
+    }
+}
