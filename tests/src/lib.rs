@@ -11,6 +11,7 @@
 mod agent;
 mod cgroup;
 pub mod echo_node;
+pub mod grpc;
 pub mod kernel;
 mod kube_proxy;
 mod names;
@@ -25,7 +26,7 @@ pub use echo_node::EchoNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
-pub use sys::{catch_interrupt, interrupted};
+pub use sys::{catch_interrupt, interrupted, monotonic_ns};
 
 use std::time::{Duration, Instant};
 

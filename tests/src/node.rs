@@ -234,6 +234,29 @@ impl Pod {
         Ok(proc)
     }
 
+    /// Starts a gRPC backend named after this Pod (`sk-pod grpc-server`) with extra
+    /// flags (e.g. `["--refuse-ms", "2000"]`); returns once it has started, which may be
+    /// before it listens when it is told to refuse first.
+    pub fn start_grpc(&self, port: u16, extra: &[&str]) -> anyhow::Result<Proc> {
+        let port = port.to_string();
+        let mut args = vec!["grpc-server", "--port", &port, "--name", &self.name];
+        args.extend(extra);
+        self.spawn(&args)
+    }
+
+    /// Starts `sk-pod grpc-load` against `target`; wait for it and read its report with
+    /// [`crate::grpc::load::LoadReport::parse`] on [`Proc::log`].
+    pub fn start_grpc_load(
+        &self,
+        target: SocketAddr,
+        rate: u32,
+        duration: Duration,
+    ) -> anyhow::Result<Proc> {
+        let (to, rate, ms) =
+            (target.to_string(), rate.to_string(), duration.as_millis().to_string());
+        self.spawn(&["grpc-load", "--to", &to, "--rate", &rate, "--duration-ms", &ms])
+    }
+
     /// Runs `sk-pod tcp-probe` against `target` and returns its report.
     pub fn probe(
         &self,

@@ -2,9 +2,9 @@
 
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -15,6 +15,7 @@ use crate::sys;
 pub struct Proc {
     name: String,
     child: Child,
+    stdin: Option<ChildStdin>,
     log: PathBuf,
 }
 
@@ -29,13 +30,14 @@ impl Proc {
         log: &Path,
     ) -> anyhow::Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        command.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        command.stdin(Stdio::piped()).stdout(out.try_clone()?).stderr(out);
         // Its own process group: a Ctrl-C at the terminal reaches only the caller, which
         // then tears the sandbox down in order.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         sys::spawn_inside(&mut command, netns, cgroup_procs);
-        let child = command.spawn().with_context(|| format!("starting {name}: {command:?}"))?;
-        Ok(Self { name: name.into(), child, log: log.into() })
+        let mut child = command.spawn().with_context(|| format!("starting {name}: {command:?}"))?;
+        let stdin = child.stdin.take();
+        Ok(Self { name: name.into(), child, stdin, log: log.into() })
     }
 
     pub fn name(&self) -> &str {
@@ -52,6 +54,14 @@ impl Proc {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Writes one line to the process's stdin (how `grpc-server` is steered).
+    pub fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().context("stdin is closed")?;
+        writeln!(stdin, "{line}").with_context(|| format!("writing to {}", self.name))?;
+        stdin.flush()?;
+        Ok(())
     }
 
     /// Sends a signal (`libc::SIGTERM`, `SIGKILL`, `SIGSTOP`, `SIGCONT`, …).

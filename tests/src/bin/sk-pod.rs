@@ -6,6 +6,14 @@
 //!   sk-pod tcp-probe --to ADDR --count N [--concurrency C] [--timeout-ms T]
 //!       Opens N connections to ADDR (C at a time), checks each against an echo
 //!       backend, and prints a JSON report (sandbox::probe::Report) as its last line.
+//!   sk-pod grpc-server --port P --name NAME [--refuse-ms X] [--not-serving-ms Y]
+//!                      [--no-watch true]
+//!       A gRPC backend: sockeye.test.Echo and grpc.health.v1, steered from stdin
+//!       (see sandbox::grpc::backend).
+//!   sk-pod grpc-load --to ADDR --rate R --duration-ms D [--timeout-ms T]
+//!                    [--payload-bytes N] [--max-in-flight M]
+//!       Open-loop unary calls over one HTTP/2 connection; prints a JSON report
+//!       (sandbox::grpc::load::LoadReport) as its last line.
 
 use std::{
     collections::HashMap,
@@ -16,7 +24,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sandbox::probe::Report;
+use sandbox::{grpc, probe::Report};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -34,8 +42,38 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        _ => bail!("usage: sk-pod tcp-echo --port P --name NAME | tcp-probe --to ADDR --count N"),
+        "grpc-server" => runtime()?.block_on(grpc::backend::run(grpc::backend::Options {
+            port: get("port")?.parse()?,
+            name: get("name")?.clone(),
+            refuse_for: millis(&flags, "refuse-ms", 0)?,
+            not_serving_for: millis(&flags, "not-serving-ms", 0)?,
+            no_watch: flags.get("no-watch").is_some_and(|v| v == "true"),
+        })),
+        "grpc-load" => {
+            let report = runtime()?.block_on(grpc::load::run(grpc::load::Options {
+                to: get("to")?.parse()?,
+                rate: get("rate")?.parse()?,
+                duration: millis(&flags, "duration-ms", 10_000)?,
+                timeout: millis(&flags, "timeout-ms", 2_000)?,
+                payload: flags.get("payload-bytes").map_or(Ok(32), |v| v.parse())?,
+                max_in_flight: flags.get("max-in-flight").map_or(Ok(1000), |v| v.parse())?,
+            }))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        _ => bail!(
+            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load (see the source header)"
+        ),
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn millis(flags: &HashMap<String, String>, name: &str, default: u64) -> anyhow::Result<Duration> {
+    let ms = flags.get(name).map_or(Ok(default), |v| v.parse())?;
+    Ok(Duration::from_millis(ms))
 }
 
 fn flags(args: impl Iterator<Item = String>) -> anyhow::Result<HashMap<String, String>> {

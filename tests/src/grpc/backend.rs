@@ -1,0 +1,147 @@
+//! `sk-pod grpc-server`: a gRPC backend with `grpc.health.v1`, scripted the way the
+//! field reports describe new Pods (refusing connections, then NOT_SERVING, then
+//! SERVING), and steered at run time by lines on its stdin:
+//!
+//! - `health serving` | `health not_serving`: set the overall health status
+//! - `fail <code>` | `fail none`: answer every call with this gRPC status code
+//! - `delay <ms>`: wait before answering every call
+//! - `hang on` | `hang off`: never answer calls (a frozen app that still accepts)
+//!
+//! It prints `listening`, `serving`, and `first call` lines with `t_ns=` stamps of
+//! CLOCK_MONOTONIC, comparable across the sandbox's processes.
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::io::AsyncBufReadExt as _;
+use tonic::{Code, Status};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use super::{CallReply, CallRequest, server::Dispatch};
+use crate::sys::monotonic_ns;
+
+pub struct Options {
+    pub port: u16,
+    pub name: String,
+    /// Nothing listens for this long: connects are refused.
+    pub refuse_for: Duration,
+    /// After listening, health says NOT_SERVING (and calls fail) for this long.
+    pub not_serving_for: Duration,
+    /// Answer Watch with UNIMPLEMENTED, so checkers must poll Check.
+    pub no_watch: bool,
+}
+
+#[derive(Default)]
+struct Behaviour {
+    fail: Option<Code>,
+    delay: Duration,
+    hang: bool,
+}
+
+pub struct Backend {
+    name: String,
+    serving: AtomicBool,
+    calls: AtomicU64,
+    behaviour: Mutex<Behaviour>,
+}
+
+impl Backend {
+    pub(super) async fn answer(
+        &self,
+        req: tonic::Request<CallRequest>,
+    ) -> Result<CallReply, Status> {
+        let peer = req.remote_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
+        if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            println!("{} first call t_ns={}", self.name, monotonic_ns());
+        }
+        if !self.serving.load(Ordering::Acquire) {
+            println!("{} call while not serving t_ns={}", self.name, monotonic_ns());
+            return Err(Status::unavailable(format!("{} is not ready", self.name)));
+        }
+        let (fail, delay, hang) = {
+            let b = self.behaviour.lock().unwrap();
+            (b.fail, b.delay, b.hang)
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        let request = req.into_inner();
+        tokio::time::sleep(delay + Duration::from_millis(u64::from(request.delay_ms))).await;
+        if let Some(code) = fail {
+            return Err(Status::new(code, format!("{} fails on purpose", self.name)));
+        }
+        Ok(CallReply { backend: self.name.clone(), payload: request.payload, peer })
+    }
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let backend = Arc::new(Backend {
+        name: options.name.clone(),
+        serving: AtomicBool::new(options.not_serving_for.is_zero()),
+        calls: AtomicU64::new(0),
+        behaviour: Mutex::new(Behaviour::default()),
+    });
+    let (reporter, health) = tonic_health::server::health_reporter();
+    if !options.not_serving_for.is_zero() {
+        set_health(&reporter, &backend, ServingStatus::NotServing).await;
+    }
+    tokio::time::sleep(options.refuse_for).await;
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, options.port)))
+            .await?;
+    println!("{} listening on {} t_ns={}", options.name, listener.local_addr()?, monotonic_ns());
+    if !options.not_serving_for.is_zero() {
+        let (reporter, backend) = (reporter.clone(), backend.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(options.not_serving_for).await;
+            set_health(&reporter, &backend, ServingStatus::Serving).await;
+        });
+    } else {
+        println!("{} serving t_ns={}", options.name, monotonic_ns());
+    }
+    tokio::spawn(control(reporter, backend.clone()));
+    let dispatch = Dispatch { backend, health, no_watch: options.no_watch };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder().serve_with_incoming(dispatch, incoming).await?;
+    Ok(())
+}
+
+async fn set_health(reporter: &HealthReporter, backend: &Backend, status: ServingStatus) {
+    let serving = status == ServingStatus::Serving;
+    backend.serving.store(serving, Ordering::Release);
+    reporter.set_service_status("", status).await;
+    let word = if serving { "serving" } else { "not serving" };
+    println!("{} {word} t_ns={}", backend.name, monotonic_ns());
+}
+
+/// Reads control lines from stdin until it closes.
+async fn control(reporter: HealthReporter, backend: Arc<Backend>) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["health", "serving"] => set_health(&reporter, &backend, ServingStatus::Serving).await,
+            ["health", "not_serving"] => {
+                set_health(&reporter, &backend, ServingStatus::NotServing).await
+            }
+            ["fail", "none"] => backend.behaviour.lock().unwrap().fail = None,
+            ["fail", code] => match code.parse::<i32>() {
+                Ok(code) => backend.behaviour.lock().unwrap().fail = Some(Code::from_i32(code)),
+                Err(_) => eprintln!("control: bad code {code:?}"),
+            },
+            ["delay", ms] => match ms.parse() {
+                Ok(ms) => backend.behaviour.lock().unwrap().delay = Duration::from_millis(ms),
+                Err(_) => eprintln!("control: bad delay {ms:?}"),
+            },
+            ["hang", on] => backend.behaviour.lock().unwrap().hang = *on == "on",
+            _ => eprintln!("control: unknown command {line:?}"),
+        }
+        println!("{} control {line:?} applied t_ns={}", backend.name, monotonic_ns());
+    }
+}

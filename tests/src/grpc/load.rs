@@ -1,0 +1,146 @@
+//! `sk-pod grpc-load`: open-loop unary calls at a constant rate over one HTTP/2
+//! connection. Latency is measured from each call's scheduled send time, so a stalled
+//! connection shows up in the percentiles instead of silently lowering the rate
+//! (no coordinated omission). The report is one JSON line.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{CallRequest, client::EchoClient};
+
+pub struct Options {
+    pub to: SocketAddr,
+    pub rate: u32,
+    pub duration: Duration,
+    pub timeout: Duration,
+    pub payload: usize,
+    /// Calls allowed in flight; a call scheduled beyond it counts as failed ("overload").
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Failed calls by "Code: message".
+    pub errors: BTreeMap<String, u64>,
+    /// Successful calls by backend name.
+    pub backends: BTreeMap<String, u64>,
+    /// Latency of successful calls, in microseconds, from the scheduled send time.
+    pub latency_us: Percentiles,
+    /// Calls by the second they were scheduled in.
+    pub timeline: Vec<Second>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Second {
+    pub ok: u64,
+    pub failed: u64,
+}
+
+impl LoadReport {
+    /// Reads the report from `grpc-load`'s output (its last non-empty line).
+    pub fn parse(output: &str) -> anyhow::Result<Self> {
+        let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("no load report ({e}) in: {output}"))
+    }
+}
+
+struct Tally {
+    report: LoadReport,
+    histogram: Histogram<u64>,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
+    let client = EchoClient::lazy(options.to)?;
+    let seconds = options.duration.as_secs_f64().ceil() as usize;
+    let tally = Arc::new(Mutex::new(Tally {
+        report: LoadReport {
+            timeline: vec![Second::default(); seconds.max(1)],
+            ..Default::default()
+        },
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    }));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(options.max_in_flight));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval_at(start, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = tokio::task::JoinSet::new();
+    let payload = vec![0x5a; options.payload];
+    loop {
+        let scheduled = ticker.tick().await;
+        if scheduled.duration_since(start) >= options.duration {
+            break;
+        }
+        let second = scheduled.duration_since(start).as_secs() as usize;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            record(&tally, second, Err("Overload: too many calls in flight".into()), scheduled);
+            continue;
+        };
+        let (mut client, tally, payload) = (client.clone(), tally.clone(), payload.clone());
+        let timeout = options.timeout;
+        tasks.spawn(async move {
+            let result = client.call(CallRequest { payload, delay_ms: 0 }, timeout).await;
+            let result = result
+                .map(|r| r.backend)
+                .map_err(|s| format!("{:?}: {}", s.code(), short(s.message())));
+            record(&tally, second, result, scheduled);
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut tally = Arc::into_inner(tally).expect("all calls done").into_inner().unwrap();
+    let h = &tally.histogram;
+    tally.report.latency_us = Percentiles {
+        p50: h.value_at_quantile(0.5),
+        p90: h.value_at_quantile(0.9),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+    };
+    Ok(tally.report)
+}
+
+fn record(tally: &Mutex<Tally>, second: usize, result: Result<String, String>, scheduled: Instant) {
+    let mut tally = tally.lock().unwrap();
+    tally.report.sent += 1;
+    let slot = second.min(tally.report.timeline.len() - 1);
+    match result {
+        Ok(backend) => {
+            tally.report.ok += 1;
+            tally.report.timeline[slot].ok += 1;
+            *tally.report.backends.entry(backend).or_default() += 1;
+            let micros = scheduled.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+            let _ = tally.histogram.record(micros);
+        }
+        Err(error) => {
+            tally.report.failed += 1;
+            tally.report.timeline[slot].failed += 1;
+            *tally.report.errors.entry(error).or_default() += 1;
+        }
+    }
+}
+
+fn short(message: &str) -> &str {
+    message.char_indices().nth(80).map_or(message, |(i, _)| &message[..i])
+}
