@@ -3,6 +3,7 @@
 //! Parsing is strict (unknown fields are errors) and validation names the field at
 //! fault, so a broken file is rejected with a message that says what to fix.
 
+pub mod duration;
 pub mod policy;
 mod validate;
 

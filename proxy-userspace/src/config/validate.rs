@@ -99,6 +99,7 @@ mod tests {
         assert_eq!(config.enroll.netns.len(), 1);
         assert_eq!(config.services[0].protocol, Protocol::Grpc);
         assert_eq!(config.services[0].endpoints.len(), 2);
+        assert_eq!(config.services[0].timeout.drain, std::time::Duration::from_secs(10));
         assert_eq!(parse("{}").unwrap().services.len(), 0);
     }
 
@@ -139,5 +140,7 @@ mod tests {
             problem("services:\n- name: a\n  vip: 10.96.0.1:80\n  protocol: udp\n").contains("udp")
         );
         assert!(problem("services:\n- name: a\n  vip: not-an-address\n").contains("services"));
+        assert!(problem(&svc("  timeout: {drain: 10}\n")).contains("needs a unit"));
+        assert!(problem(&svc("  timeout: {drian: 1s}\n")).contains("unknown field `drian`"));
     }
 }
