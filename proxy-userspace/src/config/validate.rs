@@ -140,7 +140,10 @@ mod tests {
             problem("services:\n- name: a\n  vip: 10.96.0.1:80\n  protocol: udp\n").contains("udp")
         );
         assert!(problem("services:\n- name: a\n  vip: not-an-address\n").contains("services"));
-        assert!(problem(&svc("  timeout: {drain: 10}\n")).contains("needs a unit"));
-        assert!(problem(&svc("  timeout: {drian: 1s}\n")).contains("unknown field `drian`"));
+        let svc = "services:\n- name: a\n  vip: 10.96.0.1:80\n";
+        assert!(problem(&format!("{svc}  timeout: {{drain: 10}}\n")).contains("needs a unit"));
+        assert!(
+            problem(&format!("{svc}  timeout: {{drian: 1s}}\n")).contains("unknown field `drian`")
+        );
     }
 }
