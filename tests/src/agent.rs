@@ -103,10 +103,12 @@ pub fn config_yaml(enrolled: &[&Pod], services: &[ServiceSpec]) -> String {
     for s in services {
         let endpoints: Vec<String> = s.endpoints.iter().map(|e| format!("'{e}'")).collect();
         yaml.push_str(&format!(
-            "- name: {}\n  vip: '{}'\n  protocol: tcp\n  endpoints: [{}]\n",
+            "- name: {}\n  vip: '{}'\n  protocol: {}\n  endpoints: [{}]\n{}",
             s.name,
             s.vip,
-            endpoints.join(", ")
+            s.protocol,
+            endpoints.join(", "),
+            s.policy
         ));
     }
     if services.is_empty() {

@@ -45,7 +45,7 @@ impl EchoNode {
                 if vip.is_ipv4() { pod.addr(ECHO_PORT) } else { pod.addr6(ECHO_PORT) }
             })
             .collect();
-        ServiceSpec { name: name.into(), vip, endpoints }
+        ServiceSpec::tcp(name, vip, endpoints)
     }
 
     /// Points the kube-proxy stand-in at `services` and starts the agent with the

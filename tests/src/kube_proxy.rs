@@ -54,10 +54,9 @@ mod tests {
 
     #[test]
     fn renders_round_robin_dnat_per_family() {
-        let spec = |vip: &str, endpoints: &[&str]| ServiceSpec {
-            name: "s".into(),
-            vip: vip.parse().unwrap(),
-            endpoints: endpoints.iter().map(|e| e.parse().unwrap()).collect(),
+        let spec = |vip: &str, endpoints: &[&str]| {
+            let endpoints = endpoints.iter().map(|e| e.parse().unwrap()).collect();
+            ServiceSpec::tcp("s", vip.parse().unwrap(), endpoints)
         };
         let text = render(&[
             spec("10.96.0.10:7000", &["10.10.0.3:7000", "10.10.0.4:7001"]),

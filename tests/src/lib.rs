@@ -9,9 +9,11 @@
 //! panic, and (for crashed runs) by a sweep when the next sandbox starts.
 
 mod agent;
+pub mod bench;
 mod cgroup;
 pub mod echo_node;
 pub mod grpc;
+pub mod grpc_node;
 pub mod kernel;
 mod kube_proxy;
 mod names;
@@ -23,6 +25,7 @@ mod sys;
 
 pub use agent::Agent;
 pub use echo_node::EchoNode;
+pub use grpc_node::GrpcNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;

@@ -37,6 +37,17 @@ pub struct ServiceSpec {
     pub name: String,
     pub vip: SocketAddr,
     pub endpoints: Vec<SocketAddr>,
+    /// `tcp`, `grpc` or `http`.
+    pub protocol: &'static str,
+    /// Extra YAML for the agent's service entry (its `health`, `retry`, … blocks),
+    /// indented two spaces.
+    pub policy: String,
+}
+
+impl ServiceSpec {
+    pub fn tcp(name: &str, vip: SocketAddr, endpoints: Vec<SocketAddr>) -> Self {
+        Self { name: name.into(), vip, endpoints, protocol: "tcp", policy: String::new() }
+    }
 }
 
 /// What a Pod needs from its sandbox to start processes.
@@ -252,9 +263,22 @@ impl Pod {
         rate: u32,
         duration: Duration,
     ) -> anyhow::Result<Proc> {
+        self.start_grpc_load_with(target, rate, duration, &[])
+    }
+
+    /// [`Pod::start_grpc_load`] with extra flags (`--timeout-ms`, `--max-in-flight`, …).
+    pub fn start_grpc_load_with(
+        &self,
+        target: SocketAddr,
+        rate: u32,
+        duration: Duration,
+        extra: &[&str],
+    ) -> anyhow::Result<Proc> {
         let (to, rate, ms) =
             (target.to_string(), rate.to_string(), duration.as_millis().to_string());
-        self.spawn(&["grpc-load", "--to", &to, "--rate", &rate, "--duration-ms", &ms])
+        let mut args = vec!["grpc-load", "--to", &to, "--rate", &rate, "--duration-ms", &ms];
+        args.extend(extra);
+        self.spawn(&args)
     }
 
     /// Runs `sk-pod tcp-probe` against `target` and returns its report.

@@ -75,3 +75,10 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Clock ticks per second, the unit of CPU times in `/proc/<pid>/stat`.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf(3) has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}

@@ -13,6 +13,7 @@ tasks:
   setup          install what building and testing need (idempotent; seconds when present)
   test [args]    setup, build, then run every test; args go to `cargo test`
   demo [args]    setup, build (release), then run the sandbox demo; `demo --help` lists args
+  bench [args]   setup, build (release), then run the benchmarks; `bench --help` lists args
   help           this text
 
 Needs root (eBPF, network namespaces, cgroups) and Debian's apt for missing packages.";
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         "setup" => setup::run(),
         "test" => setup::run().and_then(|()| run::test(&rest)),
         "demo" => setup::run().and_then(|()| run::demo(&rest)),
+        "bench" => setup::run().and_then(|()| run::bench(&rest)),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
             return ExitCode::SUCCESS;

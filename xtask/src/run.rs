@@ -32,9 +32,18 @@ pub fn test(args: &[String]) -> Result<(), String> {
 
 /// Builds in release mode and runs the sandbox demo.
 pub fn demo(args: &[String]) -> Result<(), String> {
-    eprintln!("xtask demo: building (release)");
+    release_run("demo", "sockeye-demo", args)
+}
+
+/// Builds in release mode and runs the benchmarks.
+pub fn bench(args: &[String]) -> Result<(), String> {
+    release_run("bench", "sockeye-bench", args)
+}
+
+fn release_run(task: &str, binary: &str, args: &[String]) -> Result<(), String> {
+    eprintln!("xtask {task}: building (release)");
     cmd("cargo", &["build", "--release", "--bins"])?;
-    let demo = workspace_root().join("target/release/sockeye-demo");
+    let path = workspace_root().join("target/release").join(binary);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cmd(demo.to_str().expect("a UTF-8 path"), &args)
+    cmd(path.to_str().expect("a UTF-8 path"), &args)
 }

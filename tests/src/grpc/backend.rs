@@ -6,6 +6,7 @@
 //! - `fail <code>` | `fail none`: answer every call with this gRPC status code
 //! - `delay <ms>`: wait before answering every call
 //! - `hang on` | `hang off`: never answer calls (a frozen app that still accepts)
+//! - `stats`: print `<name> calls=<n>`, the calls it has received
 //!
 //! It prints `listening`, `serving`, and `first call` lines with `t_ns=` stamps of
 //! CLOCK_MONOTONIC, comparable across the sandbox's processes.
@@ -20,6 +21,7 @@ use std::{
 };
 
 use tokio::io::AsyncBufReadExt as _;
+use tokio_stream::StreamExt as _;
 use tonic::{Code, Status};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -72,7 +74,11 @@ impl Backend {
             std::future::pending::<()>().await;
         }
         let request = req.into_inner();
-        tokio::time::sleep(delay + Duration::from_millis(u64::from(request.delay_ms))).await;
+        let delay = delay + Duration::from_millis(u64::from(request.delay_ms));
+        // Even a zero sleep waits for the timer's next millisecond tick.
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         if let Some(code) = fail {
             return Err(Status::new(code, format!("{} fails on purpose", self.name)));
         }
@@ -107,7 +113,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     tokio::spawn(control(reporter, backend.clone()));
     let dispatch = Dispatch { backend, health, no_watch: options.no_watch };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small replies must not wait for Nagle's algorithm.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
     tonic::transport::Server::builder().serve_with_incoming(dispatch, incoming).await?;
     Ok(())
 }
@@ -140,6 +151,9 @@ async fn control(reporter: HealthReporter, backend: Arc<Backend>) {
                 Err(_) => eprintln!("control: bad delay {ms:?}"),
             },
             ["hang", on] => backend.behaviour.lock().unwrap().hang = *on == "on",
+            ["stats"] => {
+                println!("{} calls={}", backend.name, backend.calls.load(Ordering::Relaxed))
+            }
             _ => eprintln!("control: unknown command {line:?}"),
         }
         println!("{} control {line:?} applied t_ns={}", backend.name, monotonic_ns());

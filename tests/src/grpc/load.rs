@@ -12,7 +12,7 @@ use std::{
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 
 use super::{CallRequest, client::EchoClient};
 
@@ -80,17 +80,11 @@ pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
         histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     }));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(options.max_in_flight));
-    let interval = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
     let start = Instant::now();
-    let mut ticker = tokio::time::interval_at(start, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut schedule = pace(start, options.rate, options.duration);
     let mut tasks = tokio::task::JoinSet::new();
     let payload = vec![0x5a; options.payload];
-    loop {
-        let scheduled = ticker.tick().await;
-        if scheduled.duration_since(start) >= options.duration {
-            break;
-        }
+    while let Some(scheduled) = schedule.recv().await {
         let second = scheduled.duration_since(start).as_secs() as usize;
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             record(&tally, second, Err("Overload: too many calls in flight".into()), scheduled);
@@ -119,6 +113,30 @@ pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
         max: h.max(),
     };
     Ok(tally.report)
+}
+
+/// The send times of a constant rate, each delivered at its time by a pacing thread:
+/// the runtime's timer wheel has millisecond ticks, far coarser than the latencies
+/// measured here.
+fn pace(start: Instant, rate: u32, duration: Duration) -> mpsc::UnboundedReceiver<Instant> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let start = start.into_std();
+    std::thread::spawn(move || {
+        for i in 0.. {
+            let scheduled = start + interval * i;
+            if scheduled.duration_since(start) >= duration {
+                break;
+            }
+            if let Some(wait) = scheduled.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if tx.send(Instant::from_std(scheduled)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn record(tally: &Mutex<Tally>, second: usize, result: Result<String, String>, scheduled: Instant) {

@@ -1,0 +1,55 @@
+//! `sockeye-bench` (run it with `cargo xtask bench`): sockeye measured against a
+//! baseline in the same run, in a sandbox node. Results go to `results/<suite>.json`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sandbox::bench;
+
+const USAGE: &str = "\
+sockeye-bench [grpc] [--rate N] [--seconds S] [--rounds R]
+
+  grpc          gRPC unary from an enrolled Pod: direct to a backend Pod vs through the
+                agent; latency percentiles, agent CPU per 1k calls and RSS, and the
+                maximum sustained rate of each path (the default suite)
+  --rate N      calls per second in the latency rounds (default 1000)
+  --seconds S   length of one latency round (default 5)
+  --rounds R    latency rounds per path, interleaved (default 3)
+
+Needs root. Absolute numbers on a shared machine are noise: read the ratios.";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("bench: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let mut options = bench::grpc::Options {
+        rate: 1000,
+        round: Duration::from_secs(5),
+        rounds: 3,
+        ramp: vec![1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000],
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "grpc" => {}
+            "--rate" => options.rate = value("--rate")?.parse()?,
+            "--seconds" => options.round = Duration::from_secs(value("--seconds")?.parse()?),
+            "--rounds" => options.rounds = value("--rounds")?.parse()?,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    let results = bench::grpc::run(&options)?;
+    bench::grpc::print(&results);
+    let path = bench::save("bench-grpc", &results)?;
+    println!("\nresults saved to {}", path.display());
+    Ok(())
+}
