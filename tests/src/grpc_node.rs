@@ -69,7 +69,7 @@ impl GrpcNode {
             let log = proc.log();
             (count(&log) > before).then_some(log)
         })?;
-        let line = log.lines().filter(|l| l.starts_with(&needle)).next_back().expect("counted");
+        let line = log.lines().rfind(|l| l.starts_with(&needle)).expect("counted");
         line[needle.len()..].trim().parse().with_context(|| format!("bad stats line {line:?}"))
     }
 

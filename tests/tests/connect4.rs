@@ -34,7 +34,7 @@ fn enrolled_connects_to_a_vip_reach_the_right_service_through_the_agent() {
 fn a_namespace_that_is_not_enrolled_takes_the_dnat_path() {
     let node = EchoNode::new(2).unwrap();
     let echo = node.service("echo", VIP, &["b1", "b2"]);
-    let agent = node.start_agent(&[echo.clone()]).unwrap();
+    let agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
 
     // The outsider runs in the same cgroup: only its namespace differs.
     let report = node.outsider().probe(echo.vip, 10, 2).unwrap();
@@ -65,7 +65,7 @@ fn an_enrolled_connect_to_an_address_that_is_not_a_vip_is_left_alone() {
 fn after_the_agent_is_killed_connects_fail_open_to_dnat_within_two_seconds() {
     let node = EchoNode::new(2).unwrap();
     let echo = node.service("echo", VIP, &["b1", "b2"]);
-    let mut agent = node.start_agent(&[echo.clone()]).unwrap();
+    let mut agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
     let steered = node.client().probe(echo.vip, 3, 1).unwrap();
     assert_eq!(steered.only_peer(), Some(NODE_IP4.to_string().as_str()), "{steered:?}");
 

@@ -6,7 +6,7 @@ use sandbox::EchoNode;
 fn with_one_of_three_endpoints_refusing_all_connections_succeed() {
     let mut node = EchoNode::new(3).unwrap();
     let echo = node.service("echo", "10.96.0.10:7000", &["b1", "b2", "b3"]);
-    let _agent = node.start_agent(&[echo.clone()]).unwrap();
+    let _agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
     node.stop_backend("b2");
 
     let report = node.client().probe(echo.vip, 100, 10).unwrap();

@@ -7,7 +7,7 @@ use sandbox::{EchoNode, kernel};
 fn every_steered_connection_is_filed_once_and_taken_by_the_agent() {
     let node = EchoNode::new(2).unwrap();
     let echo = node.service("echo", "10.96.0.10:7000", &["b1", "b2"]);
-    let agent = node.start_agent(&[echo.clone()]).unwrap();
+    let agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
 
     let report = node.client().probe(echo.vip, 50, 10).unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
