@@ -10,7 +10,7 @@ use sandbox::{
 fn enrolled_connects_to_an_ipv6_vip_reach_a_backend_through_the_agent() {
     let node = EchoNode::new(2).unwrap();
     let echo6 = node.service("echo6", "[fd96::10]:7000", &["b1", "b2"]);
-    let agent = node.start_agent(&[echo6.clone()]).unwrap();
+    let agent = node.start_agent(std::slice::from_ref(&echo6)).unwrap();
 
     let report = node.client().probe(echo6.vip, 10, 2).unwrap();
     assert_eq!(report.failed, 0, "{report:?}");

@@ -11,7 +11,7 @@ const RELOAD: Duration = Duration::from_secs(10);
 fn reload_adds_and_removes_endpoints_and_rejects_an_invalid_file() {
     let node = EchoNode::new(3).unwrap();
     let before = node.service("echo", "10.96.0.10:7000", &["b1", "b2"]);
-    let agent = node.start_agent(&[before.clone()]).unwrap();
+    let agent = node.start_agent(std::slice::from_ref(&before)).unwrap();
     let report = node.client().probe(before.vip, 12, 3).unwrap();
     assert_eq!(report.backend_names(), ["b1", "b2"], "{report:?}");
 
