@@ -96,6 +96,18 @@ impl GrpcNode {
         self.sandbox.start_agent(&self.config(service))
     }
 
+    /// Waits until short bursts of calls through the VIP reach exactly `names`, with no
+    /// failure: the agent has them all Ready, and no other.
+    pub fn wait_in_rotation(&self, names: &[&str]) -> anyhow::Result<()> {
+        let vip = GRPC_VIP.parse().expect("a valid VIP");
+        crate::wait_for(&format!("{names:?} in rotation"), Duration::from_secs(20), || {
+            let report =
+                finish_load(self.start_load(vip, 200, Duration::from_millis(250)).ok()?).ok()?;
+            let seen: Vec<&str> = report.backends.keys().map(String::as_str).collect();
+            (report.failed == 0 && seen == names).then_some(())
+        })
+    }
+
     /// Starts open-loop load from the client to `target` (the VIP or a Pod).
     pub fn start_load(
         &self,

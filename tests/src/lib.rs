@@ -71,3 +71,10 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
         )
     })
 }
+
+/// Serializes the tests of one test binary that would disturb each other's timing
+/// (loaded sandboxes on a small machine). Hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -14,6 +14,9 @@
 //!                    [--payload-bytes N] [--max-in-flight M]
 //!       Open-loop unary calls over one HTTP/2 connection; prints a JSON report
 //!       (sandbox::grpc::load::LoadReport) as its last line.
+//!   sk-pod tcp-junk --to ADDR [--hold-ms H]
+//!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
+//!       close, silence) and holds them open.
 
 use std::{
     collections::HashMap,
@@ -61,8 +64,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
         _ => bail!(
-            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load (see the source header)"
+            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-junk \
+             (see the source header)"
         ),
     }
 }
@@ -154,4 +159,22 @@ fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, Stri
         bail!("bad echo {echoed:?}");
     }
     Ok((backend.to_string(), peer.to_string()))
+}
+
+/// Misbehaving clients: the HTTP/2 preface then garbage, the preface then a half close,
+/// and a connection that never says anything. Holds them open for `hold`.
+fn junk(to: SocketAddr, hold: Duration) -> anyhow::Result<()> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut garbage = TcpStream::connect(to).context("connect (garbage)")?;
+    garbage.write_all(PREFACE)?;
+    garbage.write_all(&[0xff; 64])?;
+    let mut half = TcpStream::connect(to).context("connect (half close)")?;
+    half.write_all(PREFACE)?;
+    half.shutdown(std::net::Shutdown::Write)?;
+    let silent = TcpStream::connect(to).context("connect (silent)")?;
+    println!("junk: three connections open to {to}");
+    std::thread::sleep(hold);
+    drop((garbage, half, silent));
+    println!("junk: done");
+    Ok(())
 }

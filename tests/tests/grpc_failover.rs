@@ -1,0 +1,69 @@
+//! gRPC through the agent while a backend dies abruptly or freezes under load: the
+//! client sees no failed call.
+
+use std::time::Duration;
+
+use sandbox::{GrpcNode, grpc_node::finish_load, serial, wait_for};
+
+/// A frozen backend holds a try until this timeout, then the call goes elsewhere.
+const FAST_RETRY: &str = "  retry:\n    per_try_timeout: 500ms\n";
+
+fn node_with_load(
+    policy: &str,
+    rate: u32,
+    seconds: u64,
+) -> (GrpcNode, sandbox::Agent, sandbox::Proc) {
+    let node = GrpcNode::new(3).unwrap();
+    let service = node.service(&["b1", "b2", "b3"], policy);
+    let agent = node.start_agent(&service).unwrap();
+    node.wait_in_rotation(&["b1", "b2", "b3"]).unwrap();
+    let load = node
+        .client()
+        .start_grpc_load_with(
+            service.vip,
+            rate,
+            Duration::from_secs(seconds),
+            &["--timeout-ms", "5000"],
+        )
+        .unwrap();
+    (node, agent, load)
+}
+
+fn wait_for_calls(node: &mut GrpcNode, name: &str, calls: u64) {
+    wait_for(&format!("{calls} calls on {name}"), Duration::from_secs(10), || {
+        (node.calls(name).ok()? >= calls).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_backend_closed_abruptly_mid_load_fails_no_call() {
+    let _serial = serial();
+    let (mut node, _agent, load) = node_with_load("", 400, 4);
+    wait_for_calls(&mut node, "b1", 100);
+    node.kill_backend("b1");
+
+    let report = finish_load(load).unwrap();
+    println!("{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.backends["b2"] > 0 && report.backends["b3"] > 0, "{report:?}");
+}
+
+#[test]
+fn a_frozen_backend_fails_no_call() {
+    let _serial = serial();
+    let (mut node, _agent, load) = node_with_load(FAST_RETRY, 200, 6);
+    wait_for_calls(&mut node, "b1", 50);
+    // Stopped: the kernel still accepts for it, but nothing answers and nothing resets.
+    node.backend("b1").signal(libc::SIGSTOP).unwrap();
+
+    let report = finish_load(load).unwrap();
+    println!(
+        "calls caught on the frozen backend waited at most {} ms (p999 {} ms) before a \
+         retry answered them",
+        report.latency_us.max / 1000,
+        report.latency_us.p999 / 1000
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    node.backend("b1").signal(libc::SIGCONT).unwrap();
+}
