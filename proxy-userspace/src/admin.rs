@@ -1,5 +1,7 @@
-//! The admin endpoint: `/healthz` (the process serves) and `/readyz` (programs are
-//! attached and maps are filled). Read-only; it binds where the config says.
+//! The admin endpoint: `/healthz` (the process serves), `/readyz` (programs are
+//! attached and maps are filled), `/metrics` (Prometheus text) and `/debug/state`
+//! (JSON: services, endpoints and their lifecycle states, kernel counters). Read-only;
+//! it binds where the config says.
 
 use std::{
     convert::Infallible,
@@ -12,8 +14,11 @@ use std::{
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1};
 use hyper_util::rt::TokioIo;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::debug;
+
+use crate::{datapath::Datapath, metrics::Metrics, state::State};
 
 /// Whether the agent is ready to have traffic steered to it.
 #[derive(Default)]
@@ -29,16 +34,24 @@ impl Readiness {
     }
 }
 
-pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>) {
+/// What the admin endpoint reports on.
+pub struct Admin {
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<State>,
+    pub datapath: Arc<dyn Datapath>,
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let readiness = readiness.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let readiness = readiness.clone();
-                async move { Ok::<_, Infallible>(respond(&req, &readiness)) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(&req)) }
             });
             if let Err(err) =
                 http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
@@ -49,16 +62,67 @@ pub async fn serve(listener: TcpListener, readiness: Arc<Readiness>) {
     }
 }
 
-fn respond<B>(req: &Request<B>, readiness: &Readiness) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "the admin endpoint is read-only\n");
+impl Admin {
+    fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "the admin endpoint is read-only\n");
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.readiness.get() => text(StatusCode::OK, "ready\n"),
+            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/metrics" => body(StatusCode::OK, PROMETHEUS_TEXT, self.metrics.encode()),
+            "/debug/state" => body(StatusCode::OK, "application/json", self.debug_state()),
+            _ => text(StatusCode::NOT_FOUND, "try /healthz, /readyz, /metrics or /debug/state\n"),
+        }
     }
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if readiness.get() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "try /healthz or /readyz\n"),
+
+    fn debug_state(&self) -> String {
+        let services: Vec<_> = self
+            .state
+            .services()
+            .iter()
+            .map(|service| {
+                let endpoints: Vec<_> = service
+                    .endpoints()
+                    .all
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "addr": e.addr,
+                            "state": e.lifecycle().name(),
+                            "outstanding": e.load.outstanding.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": &*service.name,
+                    "vip": service.vip,
+                    "protocol": service.protocol.name(),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        let kernel: serde_json::Map<String, serde_json::Value> = match self.datapath.counters() {
+            Ok(counters) => {
+                counters.into_iter().map(|(c, v)| (c.name().into(), v.into())).collect()
+            }
+            Err(err) => [("error".to_string(), err.to_string().into())].into_iter().collect(),
+        };
+        let state = json!({ "ready": self.readiness.get(), "services": services, "kernel_counters": kernel });
+        serde_json::to_string_pretty(&state).unwrap_or_default()
     }
+}
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn body(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, content_type.parse().expect("valid"));
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -71,19 +135,57 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    fn get(path: &str, readiness: &Readiness) -> StatusCode {
-        respond(&Request::get(path).body(()).unwrap(), readiness).status()
+    use http_body_util::BodyExt as _;
+
+    use crate::datapath::Recorder;
+
+    fn admin() -> Admin {
+        let (datapath, state) = (Arc::new(Recorder::default()), Arc::new(State::default()));
+        let metrics = Metrics::new(datapath.clone(), state.clone());
+        Admin { readiness: Arc::default(), metrics, state, datapath }
+    }
+
+    fn get(admin: &Admin, path: &str) -> (StatusCode, String) {
+        let response = admin.respond(&Request::get(path).body(()).unwrap());
+        let status = response.status();
+        let body = read_body(response.into_body());
+        (status, body)
+    }
+
+    fn read_body(body: Full<Bytes>) -> String {
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(body.collect())
+            .unwrap();
+        String::from_utf8(collected.to_bytes().to_vec()).unwrap()
     }
 
     #[test]
     fn readyz_follows_readiness_and_healthz_always_answers() {
-        let readiness = Readiness::default();
-        assert_eq!(get("/healthz", &readiness), StatusCode::OK);
-        assert_eq!(get("/readyz", &readiness), StatusCode::SERVICE_UNAVAILABLE);
-        readiness.set(true);
-        assert_eq!(get("/readyz", &readiness), StatusCode::OK);
-        assert_eq!(get("/nope", &readiness), StatusCode::NOT_FOUND);
+        let admin = admin();
+        assert_eq!(get(&admin, "/healthz").0, StatusCode::OK);
+        assert_eq!(get(&admin, "/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        admin.readiness.set(true);
+        assert_eq!(get(&admin, "/readyz").0, StatusCode::OK);
+        assert_eq!(get(&admin, "/nope").0, StatusCode::NOT_FOUND);
         let post = Request::post("/readyz").body(()).unwrap();
-        assert_eq!(respond(&post, &readiness).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(admin.respond(&post).status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn metrics_and_debug_state_answer() {
+        let admin = admin();
+        admin.metrics.request("greeter", crate::config::Protocol::Grpc);
+        let (status, metrics) = get(&admin, "/metrics");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            metrics.contains("sockeye_requests_total{service=\"greeter\",protocol=\"grpc\"} 1")
+        );
+        let (status, state) = get(&admin, "/debug/state");
+        assert_eq!(status, StatusCode::OK);
+        let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+        assert_eq!(state["services"], json!([]));
+        assert_eq!(state["kernel_counters"]["steered"], 0);
     }
 }

@@ -9,12 +9,13 @@ use tokio::{net::TcpListener, signal::unix::SignalKind, task::JoinSet};
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{self, Readiness},
+    admin::{self, Admin, Readiness},
     datapath::{self, Datapath, DatapathError, Kernel, KernelOptions},
     discovery::{
         Desired, Discovery,
         static_file::{POLL_INTERVAL, StaticFile},
     },
+    metrics::Metrics,
     proxy::Proxy,
     state::State,
 };
@@ -61,8 +62,16 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(State::default());
+    let metrics = Metrics::new(kernel.clone(), state.clone());
     let mut tasks = JoinSet::new();
-    tasks.spawn(admin::serve(admin_listener, readiness.clone()));
+    let admin = Admin {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        state: state.clone(),
+        datapath: kernel.clone(),
+    };
+    tasks.spawn(admin::serve(admin_listener, Arc::new(admin)));
+    tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
 
     let mut desired = discovery.watch();
     let first = desired.borrow_and_update().clone();
@@ -114,6 +123,21 @@ pub fn apply(desired: &Desired, datapath: &dyn Datapath, state: &State) -> anyho
     datapath.set_vips(&new_vips)?;
     datapath.set_enrolled(&cookies)?;
     Ok(())
+}
+
+/// Feeds every endpoint state change to the metrics.
+async fn count_transitions(
+    mut transitions: tokio::sync::broadcast::Receiver<crate::state::Transition>,
+    metrics: Arc<Metrics>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match transitions.recv().await {
+            Ok(transition) => metrics.transition(&transition),
+            Err(RecvError::Lagged(missed)) => warn!("metrics missed {missed} endpoint transitions"),
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 async fn heartbeat(datapath: Arc<dyn Datapath>) {

@@ -36,6 +36,15 @@ struct RunArgs {
     /// RUST_LOG, when set, takes precedence. At debug the kernel programs log too.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log_level: String,
+    /// Log lines for people (human) or one JSON object per line (json).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -43,7 +52,7 @@ fn main() -> ExitCode {
     let Command::Run(args) = cli.command;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log_directives(&args.log_level));
     let kernel_debug_log = filter.contains("debug") || filter.contains("trace");
-    if let Err(err) = init_logging(&filter) {
+    if let Err(err) = init_logging(&filter, args.log_format) {
         eprintln!("error: --log-level {filter:?}: {err}");
         return ExitCode::FAILURE;
     }
@@ -79,7 +88,13 @@ fn log_directives(level: &str) -> String {
     }
 }
 
-fn init_logging(filter: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let filter = EnvFilter::try_new(filter)?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init()
+fn init_logging(
+    filter: &str,
+    format: LogFormat,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let builder = tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(filter)?);
+    match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
 }

@@ -16,7 +16,7 @@ fn help_lists_the_commands_and_flags_that_exist() {
     assert!(text.contains("run"), "{text}");
     let (ok, text) = sockeye(&["run", "--help"]);
     assert!(ok, "{text}");
-    for flag in ["--config", "--cgroup", "--bpffs", "--log-level"] {
+    for flag in ["--config", "--cgroup", "--bpffs", "--log-level", "--log-format"] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
 }
@@ -33,4 +33,14 @@ fn a_missing_or_broken_config_is_a_clear_error() {
     std::fs::remove_file(&path).unwrap();
     assert!(!ok);
     assert!(text.contains("is not valid") && text.contains("services[0]"), "{text}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let (ok, text) =
+        sockeye(&["run", "--log-format", "json", "--config", "/nonexistent/sockeye.yaml"]);
+    assert!(!ok);
+    let line = text.lines().find(|l| l.contains("cannot read config file")).expect("logged");
+    let object: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(object["level"], "ERROR", "{line}");
 }

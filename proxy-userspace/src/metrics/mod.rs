@@ -1,0 +1,228 @@
+//! Node-level metrics in the Prometheus text format (`GET /metrics`).
+//!
+//! Every name starts with `sockeye_`; label sets are per service at most (never per
+//! Pod IP or connection), and service names past [`SERVICE_CAP`] share the value
+//! `other`. Kernel counters and endpoint states are read at scrape time.
+
+mod collectors;
+mod labels;
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{
+    config::Protocol,
+    datapath::Datapath,
+    state::{LocalOriginFailure, State, Transition},
+};
+pub use labels::OTHER;
+use labels::{
+    ProtocolLabel, ServiceCode, ServiceLabel, ServiceNames, ServiceProtocol, ServiceReason,
+    ServiceState,
+};
+
+/// Services with a label value of their own; the rest are counted as `other`.
+pub const SERVICE_CAP: usize = 500;
+
+/// Request latency buckets, in seconds: 100 µs to about 6.5 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17)
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    names: Arc<ServiceNames>,
+    requests: Family<ServiceProtocol, Counter>,
+    responses: Family<ServiceCode, Counter>,
+    retries: Family<ServiceLabel, Counter>,
+    budget_exhausted: Family<ServiceLabel, Counter>,
+    connect_errors: Family<ServiceReason, Counter>,
+    transitions: Family<ServiceState, Counter>,
+    ejections: Family<ServiceLabel, Counter>,
+    connections: Family<ProtocolLabel, Gauge>,
+    latency: Family<ServiceLabel, Histogram>,
+}
+
+impl Metrics {
+    /// Metrics with the kernel's counters and the endpoints' states read at scrape.
+    pub fn new(datapath: Arc<dyn Datapath>, state: Arc<State>) -> Arc<Self> {
+        let names = Arc::new(ServiceNames::new(SERVICE_CAP));
+        let mut registry = Registry::with_prefix("sockeye");
+        let metrics = Self {
+            requests: Family::default(),
+            responses: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            connect_errors: Family::default(),
+            transitions: Family::default(),
+            ejections: Family::default(),
+            connections: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            names: names.clone(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "requests",
+            "Requests (or opaque connections) per service and protocol",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "responses",
+            "Responses per service by gRPC status or HTTP status class",
+            metrics.responses.clone(),
+        );
+        r.register("retries", "Tries after the first, per service", metrics.retries.clone());
+        r.register(
+            "retry_budget_exhausted",
+            "Retries refused by the retry budget",
+            metrics.budget_exhausted.clone(),
+        );
+        r.register(
+            "upstream_connect_errors",
+            "Failed tries to an endpoint by reason",
+            metrics.connect_errors.clone(),
+        );
+        r.register(
+            "endpoint_transitions",
+            "Endpoint lifecycle changes by the state entered",
+            metrics.transitions.clone(),
+        );
+        r.register(
+            "ejections",
+            "Endpoints ejected by outlier detection",
+            metrics.ejections.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Downstream connections open, by protocol",
+            metrics.connections.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to its response headers",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.latency.clone(),
+        );
+        r.register_collector(Box::new(collectors::KernelCounters(datapath)));
+        r.register_collector(Box::new(collectors::EndpointStates { state, names }));
+        Arc::new(Self { registry, ..metrics })
+    }
+
+    fn service(&self, name: &str) -> Arc<str> {
+        self.names.label(name)
+    }
+
+    pub fn request(&self, service: &str, protocol: Protocol) {
+        let labels = ServiceProtocol { service: self.service(service), protocol: protocol.name() };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// A response that reached the client, `code` as [`grpc_code_name`] or
+    /// [`http_class`] gives it, after `latency`.
+    pub fn response(&self, service: &str, code: &'static str, latency: Duration) {
+        let service = self.service(service);
+        self.latency
+            .get_or_create(&ServiceLabel { service: service.clone() })
+            .observe(latency.as_secs_f64());
+        self.responses.get_or_create(&ServiceCode { service, code }).inc();
+    }
+
+    pub fn retry(&self, service: &str) {
+        self.retries.get_or_create(&ServiceLabel { service: self.service(service) }).inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, service: &str) {
+        self.budget_exhausted.get_or_create(&ServiceLabel { service: self.service(service) }).inc();
+    }
+
+    pub fn upstream_error(&self, service: &str, failure: LocalOriginFailure) {
+        let reason = match failure {
+            LocalOriginFailure::ConnectRefused => "connect_refused",
+            LocalOriginFailure::ConnectTimeout => "connect_timeout",
+            LocalOriginFailure::Reset => "reset",
+            LocalOriginFailure::Timeout => "timeout",
+        };
+        self.connect_errors
+            .get_or_create(&ServiceReason { service: self.service(service), reason })
+            .inc();
+    }
+
+    /// Counts a lifecycle change (feed it every [`State::subscribe`] message).
+    pub fn transition(&self, transition: &Transition) {
+        let service = self.service(&transition.service);
+        if transition.to == crate::state::Lifecycle::Ejected {
+            self.ejections.get_or_create(&ServiceLabel { service: service.clone() }).inc();
+        }
+        let labels = ServiceState { service, state: transition.to.name() };
+        self.transitions.get_or_create(&labels).inc();
+    }
+
+    /// Counts a downstream connection as open until the guard drops.
+    pub fn connection(&self, protocol: &'static str) -> ConnectionGuard {
+        let gauge = self.connections.get_or_create(&ProtocolLabel { protocol }).clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = encode(&mut text, &self.registry) {
+            tracing::warn!("encoding metrics: {err}");
+        }
+        text
+    }
+}
+
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The label value of a gRPC status code.
+pub fn grpc_code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
+/// The label value of an HTTP status: its class.
+pub fn http_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests;
