@@ -15,6 +15,7 @@ use crate::{
         Desired, Discovery,
         static_file::{POLL_INTERVAL, StaticFile},
     },
+    eviction,
     metrics::Metrics,
     proxy::Proxy,
     state::State,
@@ -72,6 +73,7 @@ async fn serve(
     };
     tasks.spawn(admin::serve(admin_listener, Arc::new(admin)));
     tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
+    tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), metrics.clone()));
 
     let mut desired = discovery.watch();
     let first = desired.borrow_and_update().clone();

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
+pub mod eviction;
 pub mod metrics;
 pub mod proxy;
 pub mod state;

@@ -94,7 +94,11 @@ fn init_logging(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let builder = tracing_subscriber::fmt().with_env_filter(EnvFilter::try_new(filter)?);
     match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Human => {
+            // Colours only for a terminal, never into a log file.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            builder.with_target(false).with_ansi(ansi).try_init()
+        }
         LogFormat::Json => builder.json().try_init(),
     }
 }

@@ -43,6 +43,7 @@ fn exported() -> BTreeSet<String> {
         from: Some(Lifecycle::Ready),
         to: Lifecycle::Ejected,
     });
+    metrics.evicted("s", 1);
     let _open = metrics.connection("h2");
     metrics
         .encode()

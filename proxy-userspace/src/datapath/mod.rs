@@ -3,6 +3,7 @@
 //! [`Kernel`] is the real one (aya: load, attach, pin, typed maps); [`Recorder`] is the
 //! test double that remembers what it was told.
 
+pub mod evict;
 pub mod kernel;
 mod mounts;
 pub mod netns;

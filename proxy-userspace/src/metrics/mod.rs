@@ -45,6 +45,7 @@ pub struct Metrics {
     connect_errors: Family<ServiceReason, Counter>,
     transitions: Family<ServiceState, Counter>,
     ejections: Family<ServiceLabel, Counter>,
+    evictions: Family<ServiceLabel, Counter>,
     connections: Family<ProtocolLabel, Gauge>,
     latency: Family<ServiceLabel, Histogram>,
 }
@@ -62,6 +63,7 @@ impl Metrics {
             connect_errors: Family::default(),
             transitions: Family::default(),
             ejections: Family::default(),
+            evictions: Family::default(),
             connections: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             names: names.clone(),
@@ -98,6 +100,11 @@ impl Metrics {
             "ejections",
             "Endpoints ejected by outlier detection",
             metrics.ejections.clone(),
+        );
+        r.register(
+            "evictions",
+            "Sockets of enrolled Pods connected straight to a gone endpoint, destroyed",
+            metrics.evictions.clone(),
         );
         r.register(
             "active_connections",
@@ -162,6 +169,11 @@ impl Metrics {
         }
         let labels = ServiceState { service, state: transition.to.name() };
         self.transitions.get_or_create(&labels).inc();
+    }
+
+    pub fn evicted(&self, service: &str, sockets: usize) {
+        let labels = ServiceLabel { service: self.service(service) };
+        self.evictions.get_or_create(&labels).inc_by(sockets as u64);
     }
 
     /// Counts a downstream connection as open until the guard drops.

@@ -14,6 +14,9 @@
 //!                    [--payload-bytes N] [--max-in-flight M]
 //!       Open-loop unary calls over one HTTP/2 connection; prints a JSON report
 //!       (sandbox::grpc::load::LoadReport) as its last line.
+//!   sk-pod tcp-hold --to ADDR --count N
+//!       Opens N connections to an echo backend and holds them until each ends; prints
+//!       `held N`, then a line per ended connection, then `ended aborted=A eof=E`.
 //!   sk-pod tcp-junk --to ADDR [--hold-ms H]
 //!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
 //!       close, silence) and holds them open.
@@ -64,9 +67,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        "tcp-hold" => hold(get("to")?.parse()?, get("count")?.parse()?),
         "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
         _ => bail!(
-            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-junk \
+            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-hold | tcp-junk \
              (see the source header)"
         ),
     }
@@ -176,5 +180,41 @@ fn junk(to: SocketAddr, hold: Duration) -> anyhow::Result<()> {
     std::thread::sleep(hold);
     drop((garbage, half, silent));
     println!("junk: done");
+    Ok(())
+}
+
+/// Holds `count` connections open until the peer or the kernel ends each.
+fn hold(to: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let streams = (0..count)
+        .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(2)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("connect")?;
+    println!("held {count}");
+    let ends: Vec<Option<std::io::Error>> = std::thread::scope(|scope| {
+        let waits: Vec<_> = streams
+            .into_iter()
+            .map(|mut stream| {
+                scope.spawn(move || {
+                    let mut buf = [0u8; 256];
+                    loop {
+                        match std::io::Read::read(&mut stream, &mut buf) {
+                            Ok(0) => return None,
+                            Ok(_) => continue,
+                            Err(err) => return Some(err),
+                        }
+                    }
+                })
+            })
+            .collect();
+        waits.into_iter().map(|w| w.join().expect("reader thread")).collect()
+    });
+    for end in &ends {
+        match end {
+            Some(err) => println!("ended: {err}"),
+            None => println!("ended: eof"),
+        }
+    }
+    let aborted = ends.iter().filter(|e| e.is_some()).count();
+    println!("ended aborted={aborted} eof={}", ends.len() - aborted);
     Ok(())
 }
