@@ -10,7 +10,8 @@ const HELP: &str = "\
 cargo xtask <task> [args]
 
 tasks:
-  setup          install what building and testing need (idempotent; seconds when present)
+  setup          install what building and testing need (idempotent; seconds when present);
+                 `setup --build-only` skips the bpf filesystem and cgroup checks (image builds)
   test [args]    setup, build, then run every test; args go to `cargo test`
   demo [args]    setup, build (release), then run the sandbox demo; `demo --help` lists args
   bench [args]   setup, build (release), then run the benchmarks; `bench --help` lists args
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
     let rest: Vec<String> = args.collect();
     let started = Instant::now();
     let result = match task.as_str() {
-        "setup" => setup::run(),
+        "setup" => setup::setup(rest.iter().any(|a| a == "--build-only")),
         "test" => setup::run().and_then(|()| run::test(&rest)),
         "demo" => setup::run().and_then(|()| run::demo(&rest)),
         "bench" => setup::run().and_then(|()| run::bench(&rest)),

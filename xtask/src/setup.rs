@@ -11,14 +11,22 @@ const PACKAGES: [&str; 4] = ["llvm-22-dev", "nftables", "iptables", "iproute2"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> Result<(), String> {
+    setup(false)
+}
+
+/// `build_only`: what building needs, not what running needs (an image build has no
+/// bpf filesystem or cgroups of its own).
+pub fn setup(build_only: bool) -> Result<(), String> {
     let started = Instant::now();
     require_root()?;
     let mut installed = Vec::new();
     packages(&mut installed)?;
     nightly_rust_src(&mut installed)?;
     bpf_linker(&mut installed)?;
-    bpffs(&mut installed)?;
-    require_cgroup2()?;
+    if !build_only {
+        bpffs(&mut installed)?;
+        require_cgroup2()?;
+    }
     if installed.is_empty() {
         eprintln!("xtask setup: everything present (checked in {:.1?})", started.elapsed());
     } else {
