@@ -58,6 +58,23 @@ impl GrpcNode {
         self.backends.remove(name);
     }
 
+    /// Removes a backend's Pod (its namespace and link) without touching its process:
+    /// a frozen server stays frozen and unreachable, as on a node that lost it.
+    pub fn remove_backend_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        self.sandbox.remove_pod(name)
+    }
+
+    /// Points the service at `backends`: the kube-proxy stand-in's rules and, when
+    /// given, the agent's config file.
+    pub fn set_endpoints(&self, backends: &[&str], agent: Option<&Agent>) -> anyhow::Result<()> {
+        let service = self.service(backends, "");
+        self.sandbox.set_kube_proxy(std::slice::from_ref(&service))?;
+        if let Some(agent) = agent {
+            agent.write_config(&self.config(&service))?;
+        }
+        Ok(())
+    }
+
     /// The calls a backend has received so far.
     pub fn calls(&mut self, name: &str) -> anyhow::Result<u64> {
         let needle = format!("{name} calls=");

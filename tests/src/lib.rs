@@ -19,8 +19,10 @@ mod kube_proxy;
 mod names;
 mod netns;
 pub mod node;
+pub mod plot;
 pub mod probe;
 mod proc;
+pub mod rolling;
 mod sys;
 
 pub use agent::Agent;

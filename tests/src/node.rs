@@ -60,6 +60,8 @@ pub struct Sandbox {
     id: String,
     shared: Arc<Shared>,
     pods: Vec<Pod>,
+    /// Pods ever added: addresses are never reused, even after a Pod is removed.
+    added: u16,
     node: Netns,
     cgroup: Option<TestCgroup>,
     pin_dir: PathBuf,
@@ -70,6 +72,8 @@ pub struct Pod {
     pub ip4: Ipv4Addr,
     pub ip6: Ipv6Addr,
     netns: Netns,
+    /// Its link's name on the node's side.
+    veth: String,
     shared: Arc<Shared>,
 }
 
@@ -90,6 +94,7 @@ impl Sandbox {
             id,
             shared,
             pods: Vec::new(),
+            added: 0,
             node,
             cgroup: Some(cgroup),
         };
@@ -142,8 +147,9 @@ impl Sandbox {
     /// Adds a Pod: a namespace on a veth into the node's bridge, with one IPv4 and
     /// one IPv6 address and routes only through the node.
     pub fn add_pod(&mut self, name: &str) -> anyhow::Result<&Pod> {
-        let host = u16::try_from(self.pods.len() + 2)?;
-        anyhow::ensure!(host < 250, "a sandbox holds at most 248 Pods");
+        let host = self.added + 2;
+        anyhow::ensure!(host < 250, "a sandbox makes at most 248 Pods");
+        self.added += 1;
         let ip4 = Ipv4Addr::new(10, 10, 0, host as u8);
         let ip6 = Ipv6Addr::new(0xfd10, 0, 0, 0, 0, 0, 0, host);
         let netns = Netns::create(&format!("{}-{name}", self.id))?;
@@ -166,9 +172,20 @@ impl Sandbox {
             &format!("route add {VIP_RANGE6} via {NODE_IP6}"),
             &format!("route add {AGENT_IP6} via {NODE_IP6}"),
         ])?;
-        let pod = Pod { name: name.into(), ip4, ip6, netns, shared: self.shared.clone() };
+        let pod = Pod { name: name.into(), ip4, ip6, netns, veth, shared: self.shared.clone() };
         self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Removes a Pod: its namespace and link go, as when a node deletes a Pod's sandbox.
+    /// Processes started in it are not stopped (a frozen one stays frozen).
+    pub fn remove_pod(&mut self, name: &str) -> anyhow::Result<()> {
+        let Some(at) = self.pods.iter().position(|p| p.name == name) else {
+            anyhow::bail!("no pod {name}");
+        };
+        let pod = self.pods.remove(at);
+        // A process still inside keeps the namespace alive; the link goes regardless.
+        self.node.ip(&[&format!("link del {}", pod.veth)])
     }
 
     pub fn pod(&self, name: &str) -> &Pod {

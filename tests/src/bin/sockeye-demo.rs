@@ -13,15 +13,31 @@ use sandbox::{
     EchoNode,
     node::{AGENT_IP4, AGENT_PORT, NODE_IP4},
     probe::Report,
+    rolling,
 };
 
 const USAGE: &str = "\
-sockeye-demo [--connections N]
+sockeye-demo [--scenario all|rolling|steering] [--rate N] [--connections N]
 
-  --connections N   connections the enrolled client opens through the agent (default 300)
+  --scenario S      rolling: the field reports' rolling update of a gRPC backend, once
+                    through kube-proxy's DNAT and once through sockeye, side by side;
+                    steering: the kernel steering an enrolled Pod's connects into the
+                    agent, a Pod that is not enrolled, and failing open when the agent
+                    dies; all (the default): both
+  --rate N          gRPC calls per second in the rolling update (default 500)
+  --connections N   connections the enrolled client opens in the steering scenario
+                    (default 300)
 
-Builds a sandbox node (network namespaces as Pods), runs the agent in it, drives
-traffic, prints what happened, and removes everything (also on Ctrl-C). Needs root.";
+Builds sandbox nodes (network namespaces as Pods), runs the agent in them, drives
+traffic, prints what happened, and removes everything (also on Ctrl-C). Needs root.
+The rolling update's plot goes to results/rolling-update.svg.";
+
+struct Args {
+    rolling: bool,
+    steering: bool,
+    rate: u32,
+    connections: usize,
+}
 
 const VIP: &str = "10.96.0.10:7000";
 /// The kernel counters the demo explains, in the order of a connect's life.
@@ -43,8 +59,44 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
-    let connections = parse_args()?;
+    let args = parse_args()?;
     sandbox::catch_interrupt();
+    let started = Instant::now();
+    if args.rolling {
+        rolling(args.rate)?;
+    }
+    if args.steering {
+        steering(args.connections)?;
+    }
+    step(&format!("done; {:.1?} in all", started.elapsed()));
+    Ok(())
+}
+
+/// The rolling update through both paths, side by side.
+fn rolling(rate: u32) -> anyhow::Result<()> {
+    let options = rolling::Options { rate, ..Default::default() };
+    let mut results = Vec::new();
+    for path in [rolling::Path::Dnat, rolling::Path::Sockeye] {
+        check_interrupt()?;
+        step(&format!(
+            "rolling update of 3 gRPC backends, {rate} calls/s over one channel, through {}",
+            path.name()
+        ));
+        let report = rolling::run(path, &options, &|line| println!("        {line}"))?;
+        println!("        {} calls, {} failed", report.sent, report.failed);
+        results.push((path, report));
+    }
+    println!();
+    rolling::print_table(&results);
+    let plot = rolling::plot(&results)?;
+    println!();
+    println!("plot: {}", plot.display());
+    println!();
+    Ok(())
+}
+
+/// Steering, an outsider, and failing open.
+fn steering(connections: usize) -> anyhow::Result<()> {
     let started = Instant::now();
 
     step("building the sandbox node: Pods client (enrolled), outsider, b1, b2, b3");
@@ -115,21 +167,34 @@ fn run() -> anyhow::Result<()> {
     step("tearing down the sandbox");
     drop(agent);
     drop(node);
-    step(&format!("sandbox removed; {:.1?} in all", started.elapsed()));
+    step(&format!("sandbox removed; steering scenario took {:.1?}", started.elapsed()));
     Ok(())
 }
 
-fn parse_args() -> anyhow::Result<usize> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => Ok(300),
-        [flag, n] if flag == "--connections" => n.parse().context("--connections takes a number"),
-        [help] if help == "--help" || help == "-h" => {
-            println!("{USAGE}");
-            std::process::exit(0);
+fn parse_args() -> anyhow::Result<Args> {
+    let mut parsed = Args { rolling: true, steering: true, rate: 500, connections: 300 };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--scenario" => match value()?.as_str() {
+                "all" => (parsed.rolling, parsed.steering) = (true, true),
+                "rolling" => (parsed.rolling, parsed.steering) = (true, false),
+                "steering" => (parsed.rolling, parsed.steering) = (false, true),
+                other => bail!("unknown scenario {other:?}\n\n{USAGE}"),
+            },
+            "--rate" => parsed.rate = value()?.parse().context("--rate takes a number")?,
+            "--connections" => {
+                parsed.connections = value()?.parse().context("--connections takes a number")?
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unexpected argument {other:?}\n\n{USAGE}"),
         }
-        _ => bail!("unexpected arguments {args:?}\n\n{USAGE}"),
     }
+    Ok(parsed)
 }
 
 fn check_interrupt() -> anyhow::Result<()> {
