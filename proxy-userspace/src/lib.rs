@@ -4,11 +4,13 @@
 
 pub mod admin;
 pub mod agent;
+pub mod balance;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
 pub mod eviction;
 pub mod metrics;
 pub mod proxy;
+pub mod retry;
 pub mod state;
 mod sys;

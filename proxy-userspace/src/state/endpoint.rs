@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicU32, Ordering},
+        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -65,6 +65,10 @@ pub struct Endpoint {
 pub struct Load {
     /// Requests sent and not yet answered.
     pub outstanding: AtomicU32,
+    /// Peak-EWMA of response latency, in nanoseconds (see `balance::pewma`).
+    pub latency_ns: AtomicU64,
+    /// When `latency_ns` was last updated, in nanoseconds since the process started.
+    pub updated_ns: AtomicU64,
 }
 
 impl Endpoint {

@@ -8,7 +8,7 @@ mod timeout;
 
 pub use health::HealthPolicy;
 pub use outlier::OutlierPolicy;
-pub use retry::RetryPolicy;
+pub use retry::{RetryOn, RetryPolicy};
 pub use timeout::TimeoutPolicy;
 
 /// Everything that governs how one service's requests are balanced.
@@ -23,6 +23,7 @@ pub struct Policy {
 impl Policy {
     /// Checks values serde cannot: a field path relative to the service and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        Ok(())
+        self.retry.validate()?;
+        self.timeout.validate()
     }
 }
