@@ -29,6 +29,9 @@ pub struct RunOptions {
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
+/// How long a shutdown waits for downstream connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (discovery, config) = StaticFile::start(&options.config, POLL_INTERVAL)?;
     // Listen before the kernel steers anything here.
@@ -83,7 +86,8 @@ async fn serve(
     info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
     tasks.spawn(heartbeat(kernel.clone()));
-    let proxy = Proxy::new(kernel.clone(), state.clone());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let proxy = Proxy::new(kernel.clone(), state.clone(), stopping);
     for listener in listeners {
         tasks.spawn(proxy.clone().serve(listener));
     }
@@ -96,10 +100,13 @@ async fn serve(
             }
         }
     });
-    drop(proxy);
 
     shutdown_signal().await?;
     readiness.set(false);
+    // HTTP/2 clients get GOAWAY; their calls in flight finish before the agent goes.
+    let _ = stop.send(true);
+    let open = proxy.wait_idle(SHUTDOWN_GRACE).await;
+    info!(open, "shutting down");
     tasks.shutdown().await;
     Ok(())
 }

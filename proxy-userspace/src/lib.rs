@@ -14,3 +14,4 @@ pub mod proxy;
 pub mod retry;
 pub mod state;
 mod sys;
+pub mod upstream;

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use sandbox::{GrpcNode, grpc_node::finish_load, serial, wait_for};
 
-/// A frozen backend holds a try until this timeout, then the call goes elsewhere.
-const FAST_RETRY: &str = "  retry:\n    per_try_timeout: 500ms\n";
+/// A frozen backend holds a try until this timeout, then the call goes elsewhere:
+/// retrying a try that timed out is opt-in (field report 3).
+const FAST_RETRY: &str = "  retry:\n    per_try_timeout: 500ms\n    retry_on: [connect-failure, \
+                          refused-stream, reset, gateway-error, unavailable, deadline-exceeded]\n";
 
 fn node_with_load(
     policy: &str,

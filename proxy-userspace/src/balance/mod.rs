@@ -8,6 +8,7 @@ pub mod pewma;
 use std::{
     cell::Cell,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use crate::state::{Endpoint, EndpointSet};
@@ -41,10 +42,15 @@ impl Select for P2c {
     }
 }
 
-/// Expected wait at an endpoint: its latency estimate times the requests that would
-/// be ahead of this one (a floor of 1 µs keeps idle endpoints ranked by load).
+/// Latency differences smaller than this are noise (scheduling jitter on a busy
+/// node), not a slower endpoint: it is added to every estimate so that requests in
+/// flight decide between endpoints that are about as fast.
+pub const NOISE: Duration = Duration::from_millis(5);
+
+/// Expected wait at an endpoint: its latency estimate (plus [`NOISE`]) times the
+/// requests that would be ahead of this one.
 pub fn cost(endpoint: &Endpoint) -> f64 {
-    let latency = pewma::estimate_ns(&endpoint.load).max(1_000) as f64;
+    let latency = (pewma::estimate_ns(&endpoint.load) + NOISE.as_nanos() as u64) as f64;
     latency * f64::from(endpoint.load.outstanding.load(Ordering::Relaxed) + 1)
 }
 

@@ -10,7 +10,7 @@ use std::{
 use crate::state::Load;
 
 /// The time constant of the decay.
-pub const DECAY: Duration = Duration::from_secs(10);
+pub const DECAY: Duration = Duration::from_millis(300);
 
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 

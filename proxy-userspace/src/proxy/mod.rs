@@ -1,22 +1,49 @@
 //! The proxy: accepts the connections the kernel steered here, finds each one's
-//! original destination and service, and serves it. Anything the kernel did not
-//! redirect is refused: the listener is not an open proxy.
+//! original destination and service, and serves it: gRPC and other HTTP/2 per
+//! request, anything else as opaque TCP. Anything the kernel did not redirect is
+//! refused: the listener is not an open proxy.
 
+pub mod body;
+mod forward;
+pub mod grpc;
+mod h2;
+pub mod sniff;
 mod tcp;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tracing::{debug, warn};
 
 use crate::{
+    config::Protocol,
     datapath::{Datapath, DatapathError},
     state::{Service, State},
+    upstream::Balancer,
 };
+
+/// How long a client of a gRPC or HTTP service may stay silent before its connection
+/// is served as opaque TCP.
+const SNIFF_PATIENCE: Duration = Duration::from_secs(1);
 
 pub struct Proxy {
     datapath: Arc<dyn Datapath>,
     state: Arc<State>,
+    balancers: Mutex<HashMap<SocketAddr, Arc<Balancer>>>,
+    shutdown: watch::Receiver<bool>,
+    /// Downstream connections being served.
+    active: Arc<AtomicUsize>,
 }
 
 /// Why a connection was refused.
@@ -33,8 +60,33 @@ pub enum Refusal {
 }
 
 impl Proxy {
-    pub fn new(datapath: Arc<dyn Datapath>, state: Arc<State>) -> Arc<Self> {
-        Arc::new(Self { datapath, state })
+    /// A proxy; when `shutdown` turns true, HTTP/2 clients get GOAWAY and their
+    /// requests in flight finish.
+    pub fn new(
+        datapath: Arc<dyn Datapath>,
+        state: Arc<State>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            datapath,
+            state,
+            balancers: Mutex::default(),
+            shutdown,
+            active: Arc::default(),
+        })
+    }
+
+    /// Waits until no downstream connection is open, at most `limit`; returns how many
+    /// are still open.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let open = self.active.load(Ordering::Relaxed);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Accepts connections on `listener` until the task is dropped.
@@ -51,7 +103,13 @@ impl Proxy {
             };
             match self.route(&stream, client) {
                 Ok(service) => {
-                    tokio::spawn(tcp::forward(stream, service));
+                    let balancer = self.balancer(service);
+                    let (shutdown, active) = (self.shutdown.clone(), self.active.clone());
+                    active.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        serve_connection(stream, balancer, shutdown).await;
+                        active.fetch_sub(1, Ordering::Relaxed);
+                    });
                 }
                 Err(refusal) => {
                     debug!(%client, "refused: {refusal}");
@@ -66,6 +124,31 @@ impl Proxy {
         let local = stream.local_addr()?;
         let dst = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
         self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))
+    }
+
+    /// The balancer of `service`, made anew when the service was replaced.
+    fn balancer(&self, service: Arc<Service>) -> Arc<Balancer> {
+        let mut balancers = self.balancers.lock().unwrap();
+        balancers
+            .retain(|vip, b| self.state.lookup(vip).is_some_and(|s| Arc::ptr_eq(&s, &b.service)));
+        balancers.entry(service.vip).or_insert_with(|| Balancer::new(service)).clone()
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    balancer: Arc<Balancer>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    if balancer.service.protocol == Protocol::Tcp {
+        return tcp::forward(stream, balancer).await;
+    }
+    let (protocol, seen) = sniff::sniff(&mut stream, SNIFF_PATIENCE).await;
+    let stream = sniff::Prefixed::new(seen, stream);
+    match protocol {
+        sniff::Protocol::H2 => h2::serve(stream, balancer, shutdown).await,
+        sniff::Protocol::Http1 | sniff::Protocol::Opaque => tcp::forward(stream, balancer).await,
     }
 }
 
@@ -96,7 +179,7 @@ mod tests {
             endpoints: vec![DesiredEndpoint { addr: backend, condition: Condition::Ready }],
         }]);
         let recorder = Arc::new(Recorder::default());
-        let proxy = Proxy::new(recorder.clone(), state);
+        let proxy = Proxy::new(recorder.clone(), state, watch::channel(false).1);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));

@@ -1,38 +1,60 @@
-//! Opaque TCP: one endpoint per connection, in round-robin order, moving on to the
-//! next endpoint when a connect is refused or times out; then bytes both ways.
+//! Opaque TCP: one endpoint per connection, chosen like a request's (P2C), moving on
+//! to another endpoint when a connect is refused or times out; then bytes both ways.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Instant};
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tracing::{debug, warn};
 
-use super::refuse;
-use crate::state::Service;
+use crate::{
+    state::{Endpoint, LocalOriginFailure, Outcome},
+    upstream::Balancer,
+};
 
-/// How long one connect attempt may take before the next endpoint is tried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-
-pub async fn forward(mut client: TcpStream, service: Arc<Service>) {
-    let Some((mut upstream, endpoint)) = connect_any(&service).await else {
+pub async fn forward<S>(mut client: S, balancer: Arc<Balancer>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let service = &balancer.service;
+    let Some((mut upstream, endpoint)) = connect_any(&balancer).await else {
         warn!(service = %service.name, "no endpoint accepted a connection");
-        return refuse(client);
+        return;
     };
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
+    let _in_flight = endpoint.load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => debug!(service = %service.name, %endpoint, up, down, "connection done"),
-        Err(err) => debug!(service = %service.name, %endpoint, "connection ended: {err}"),
+        Ok((up, down)) => {
+            debug!(service = %service.name, endpoint = %endpoint.addr, up, down, "connection done")
+        }
+        Err(err) => {
+            debug!(service = %service.name, endpoint = %endpoint.addr, "connection ended: {err}")
+        }
     }
+    endpoint.load.outstanding.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn connect_any(service: &Service) -> Option<(TcpStream, SocketAddr)> {
-    for endpoint in service.connect_order() {
-        let endpoint = endpoint.addr;
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-            Ok(Ok(stream)) => return Some((stream, endpoint)),
-            Ok(Err(err)) => debug!(service = %service.name, %endpoint, "connect failed: {err}"),
-            Err(_) => debug!(service = %service.name, %endpoint, "connect timed out"),
-        }
+async fn connect_any(balancer: &Balancer) -> Option<(TcpStream, Arc<Endpoint>)> {
+    let service = &balancer.service;
+    let timeout = service.policy().timeout.connect;
+    let mut tried = Vec::new();
+    while let Some(endpoint) = balancer.select.pick(&service.endpoints(), &tried) {
+        tried.push(endpoint.clone());
+        let started = Instant::now();
+        let failure = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                crate::balance::pewma::observe(&endpoint.load, started.elapsed());
+                return Some((stream, endpoint));
+            }
+            Ok(Err(err)) => {
+                debug!(service = %service.name, endpoint = %endpoint.addr, "connect failed: {err}");
+                LocalOriginFailure::ConnectRefused
+            }
+            Err(_) => LocalOriginFailure::ConnectTimeout,
+        };
+        service.report(&endpoint, Outcome::LocalOrigin(failure));
     }
     None
 }

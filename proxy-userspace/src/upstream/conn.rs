@@ -1,0 +1,112 @@
+//! One endpoint's upstream HTTP/2 connection, shared by every request to it and
+//! remade when it dies. Keepalive pings find a dead or frozen peer (one that neither
+//! answers nor resets) within [`KEEPALIVE`] twice over.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{net::TcpStream, task::AbortHandle};
+use tracing::debug;
+
+use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
+
+/// Ping interval, and how long a ping may go unanswered.
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// The connection new requests go to.
+    live: ArcSwapOption<SendRequest<ProxyBody>>,
+    /// Every connection still running, retired ones included.
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// One connect at a time per endpoint.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            live: ArcSwapOption::empty(),
+            tasks: Mutex::default(),
+            connecting: Default::default(),
+        })
+    }
+
+    /// A sender on a live connection, connecting first if there is none.
+    pub async fn sender(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<ProxyBody>, LocalOriginFailure> {
+        if let Some(sender) = self.ready_sender() {
+            return Ok(sender);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(sender) = self.ready_sender() {
+            return Ok(sender);
+        }
+        let stream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+                Err(_) => return Err(LocalOriginFailure::ConnectTimeout),
+                Ok(Err(err)) => {
+                    debug!(endpoint = %self.addr, "connect failed: {err}");
+                    return Err(LocalOriginFailure::ConnectRefused);
+                }
+                Ok(Ok(stream)) => stream,
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| {
+                debug!(endpoint = %self.addr, "h2 handshake failed: {err}");
+                LocalOriginFailure::Reset
+            })?;
+        let addr = self.addr;
+        let task = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!(endpoint = %addr, "upstream connection ended: {err}");
+            }
+        })
+        .abort_handle();
+        let mut tasks = self.tasks.lock().unwrap();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+        self.live.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    fn ready_sender(&self) -> Option<SendRequest<ProxyBody>> {
+        let live = self.live.load();
+        live.as_ref().filter(|s| !s.is_closed()).map(|s| SendRequest::clone(s))
+    }
+
+    /// No new requests: the connection closes once its requests in flight are done.
+    pub fn retire(&self) {
+        self.live.store(None);
+    }
+
+    /// Closes the connection now; requests in flight on it fail (and may be retried).
+    pub fn close(&self) {
+        self.live.store(None);
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,84 @@
+//! Upstream connections per service: one [`Upstream`] per endpoint, created on first
+//! use and retired or closed as the endpoint's lifecycle says. A Draining endpoint
+//! gets no new requests and its connections close once idle; a Gone endpoint's
+//! connections close at once, failing what is still in flight so it can be retried.
+
+mod conn;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, Weak},
+    time::Instant,
+};
+
+pub use conn::{KEEPALIVE, Upstream};
+
+use crate::{
+    balance::{P2c, Select},
+    retry::RetryBudget,
+    state::{Lifecycle, Service},
+};
+
+/// What the proxy keeps per service besides its state: connections, selection and the
+/// retry budget.
+pub struct Balancer {
+    pub service: Arc<Service>,
+    pub select: Box<dyn Select>,
+    pub budget: Mutex<RetryBudget>,
+    upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+}
+
+impl Balancer {
+    /// A balancer for `service`, with a task that follows its endpoints' lifecycle.
+    pub fn new(service: Arc<Service>) -> Arc<Self> {
+        let retry = service.policy().retry.clone();
+        let balancer = Arc::new(Self {
+            service,
+            select: Box::new(P2c),
+            budget: Mutex::new(RetryBudget::new(
+                retry.budget_percent,
+                retry.min_retries_per_second,
+                Instant::now(),
+            )),
+            upstreams: Mutex::default(),
+        });
+        tokio::spawn(follow_lifecycle(Arc::downgrade(&balancer)));
+        balancer
+    }
+
+    pub fn upstream(&self, addr: SocketAddr) -> Arc<Upstream> {
+        self.upstreams.lock().unwrap().entry(addr).or_insert_with(|| Upstream::new(addr)).clone()
+    }
+
+    /// Retires connections to endpoints that left rotation and closes those to
+    /// endpoints that are gone.
+    fn sweep(&self) {
+        let set = self.service.endpoints();
+        self.upstreams.lock().unwrap().retain(|addr, upstream| {
+            match set.get(addr).map(|e| e.lifecycle()) {
+                Some(Lifecycle::Ready) => true,
+                Some(Lifecycle::Gone) | None => {
+                    upstream.close();
+                    false
+                }
+                Some(_) => {
+                    upstream.retire();
+                    true
+                }
+            }
+        });
+    }
+}
+
+async fn follow_lifecycle(balancer: Weak<Balancer>) {
+    let Some(mut changes) = balancer.upgrade().map(|b| b.service.watch_endpoints()) else {
+        return;
+    };
+    while changes.changed().await.is_ok() {
+        match balancer.upgrade() {
+            Some(balancer) => balancer.sweep(),
+            None => return,
+        }
+    }
+}
