@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod discovery;
 pub mod eviction;
 pub mod metrics;
+pub mod outlier;
 pub mod proxy;
 pub mod retry;
 pub mod state;

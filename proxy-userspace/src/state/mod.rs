@@ -6,6 +6,7 @@
 //! [`Transition`]s.
 
 mod endpoint;
+pub mod lifecycle;
 mod outcome;
 pub mod owner;
 mod service;

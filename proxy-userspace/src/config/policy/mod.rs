@@ -23,6 +23,8 @@ pub struct Policy {
 impl Policy {
     /// Checks values serde cannot: a field path relative to the service and the problem.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        self.health.validate()?;
+        self.outlier.validate()?;
         self.retry.validate()?;
         self.timeout.validate()
     }
