@@ -51,7 +51,7 @@ fn local_origin_failures_are_counted_apart_when_split() {
 fn repeat_ejections_last_longer_up_to_the_cap_and_are_forgiven_at_intervals() {
     let p = OutlierPolicy { max_ejection_time: Duration::from_secs(40), ..policy() };
     let (mut d, mut now) = (Detector::default(), Instant::now());
-    let mut eject = |d: &mut Detector, now: Instant| {
+    let eject = |d: &mut Detector, now: Instant| {
         (0..3).find_map(|_| d.observe(addr(1), &UNAVAILABLE, 3, now, &p)).expect("ejected")
     };
     let mut times = Vec::new();

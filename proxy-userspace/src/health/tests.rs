@@ -1,0 +1,92 @@
+//! The checkers against real servers on loopback: a tonic `grpc.health.v1` server,
+//! an HTTP server, and ports that refuse.
+
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+use super::*;
+
+fn policy() -> HealthPolicy {
+    HealthPolicy { interval: Duration::from_millis(100), ..HealthPolicy::default() }
+}
+
+async fn next(results: &mut mpsc::UnboundedReceiver<(SocketAddr, Check)>) -> Check {
+    tokio::time::timeout(Duration::from_secs(5), results.recv())
+        .await
+        .expect("a finding in time")
+        .unwrap()
+        .1
+}
+
+/// A refused port: bind, note the address, close.
+async fn refused_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn grpc_watch_sees_not_serving_at_once() {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(health, incoming));
+    reporter.set_service_status("", ServingStatus::Serving).await;
+
+    let (tx, mut results) = mpsc::unbounded_channel();
+    let checker = Active.start(addr, Protocol::Grpc, policy(), tx);
+    assert_eq!(next(&mut results).await, Check::Pass);
+    let flipped = Instant::now();
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    assert_eq!(next(&mut results).await, Check::FailNow);
+    let delay = flipped.elapsed();
+    assert!(delay < Duration::from_millis(500), "Watch reported NOT_SERVING after {delay:?}");
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    assert_eq!(next(&mut results).await, Check::Pass);
+    checker.abort();
+
+    let (tx, mut results) = mpsc::unbounded_channel();
+    let checker = Active.start(refused_addr().await, Protocol::Grpc, policy(), tx);
+    assert_eq!(next(&mut results).await, Check::Fail);
+    checker.abort();
+}
+
+#[tokio::test]
+async fn tcp_and_http_checks_pass_and_fail() {
+    let open = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tx, mut results) = mpsc::unbounded_channel();
+    let checker = Active.start(open.local_addr().unwrap(), Protocol::Tcp, policy(), tx.clone());
+    assert_eq!(next(&mut results).await, Check::Pass);
+    checker.abort();
+    let checker = Active.start(refused_addr().await, Protocol::Tcp, policy(), tx);
+    assert_eq!(next(&mut results).await, Check::Fail);
+    checker.abort();
+
+    for (status, expected) in [(200, Check::Pass), (503, Check::Fail)] {
+        let addr = http_server(status).await;
+        let (tx, mut results) = mpsc::unbounded_channel();
+        let checker = Active.start(addr, Protocol::Http, policy(), tx);
+        assert_eq!(next(&mut results).await, expected, "HTTP {status}");
+        checker.abort();
+    }
+}
+
+/// An HTTP/1.1 server answering every request with `status`.
+async fn http_server(status: u16) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(move |_req| async move {
+                let mut response =
+                    ::http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                *response.status_mut() = ::http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+        }
+    });
+    addr
+}
