@@ -207,7 +207,7 @@ mod tests {
     #[tokio::test]
     async fn apply_tells_the_datapath_and_updates_the_state() {
         let recorder = Recorder::default();
-        let state = State::default();
+        let state = State::with_checker(Arc::new(crate::health::Manual));
         let desired = Desired {
             services: vec![service("a", "10.96.0.1:80"), service("b", "10.96.0.2:80")],
             enroll: vec!["/proc/self/ns/net".into()],
@@ -228,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_namespace_rejects_the_whole_state() {
         let recorder = Recorder::default();
-        let state = State::default();
+        let state = State::with_checker(Arc::new(crate::health::Manual));
         let desired = Desired {
             services: vec![service("a", "10.96.0.1:80")],
             enroll: vec![Path::new("/var/run/netns/does-not-exist").into()],

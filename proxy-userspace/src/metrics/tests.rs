@@ -81,7 +81,7 @@ async fn endpoint_states_are_read_at_scrape() {
         config::Policy,
         discovery::{Condition, DesiredEndpoint, DesiredService},
     };
-    let state = Arc::new(State::default());
+    let state = Arc::new(State::with_checker(Arc::new(crate::health::Manual)));
     let m = Metrics::new(Arc::new(Recorder::default()), state.clone());
     state.apply(&[DesiredService {
         name: "echo".into(),

@@ -82,9 +82,11 @@ impl Detector {
         }
         self.last_interval = Some(now);
         for c in self.endpoints.values_mut() {
-            if c.ejected_until.is_none_or(|until| now >= until) {
-                c.ejected_until = None;
-                c.ejections = c.ejections.saturating_sub(1);
+            match c.ejected_until {
+                // Back in rotation: forgiveness starts from the next interval.
+                Some(until) if now >= until => c.ejected_until = None,
+                Some(_) => {}
+                None => c.ejections = c.ejections.saturating_sub(1),
             }
         }
     }

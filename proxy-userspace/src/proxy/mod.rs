@@ -163,7 +163,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::{Policy, Protocol},
+        config::{Policy, Protocol, policy::HealthPolicy},
         datapath::Recorder,
         discovery::{Condition, DesiredEndpoint, DesiredService},
     };
@@ -175,7 +175,10 @@ mod tests {
             name: "echo".into(),
             vip,
             protocol: Protocol::Tcp,
-            policy: Policy::default(),
+            policy: Policy {
+                health: HealthPolicy { enabled: false, ..Default::default() },
+                ..Default::default()
+            },
             endpoints: vec![DesiredEndpoint { addr: backend, condition: Condition::Ready }],
         }]);
         let recorder = Arc::new(Recorder::default());

@@ -24,7 +24,10 @@ pub use endpoint::{Endpoint, EndpointSet, Lifecycle, Load};
 pub use outcome::{LocalOriginFailure, Outcome};
 pub use service::Service;
 
-use crate::discovery::DesiredService;
+use crate::{
+    discovery::DesiredService,
+    health::{Active, Checker},
+};
 use owner::{Command, Owner};
 
 /// One endpoint changing state. `from` is `None` when it first appears.
@@ -49,19 +52,27 @@ pub struct State {
     table: ArcSwap<HashMap<SocketAddr, Arc<Service>>>,
     managed: std::sync::Mutex<HashMap<SocketAddr, Managed>>,
     transitions: broadcast::Sender<Transition>,
+    checker: Arc<dyn Checker>,
 }
 
 impl Default for State {
+    /// A state whose endpoints are checked for real ([`Active`]).
     fn default() -> Self {
-        Self {
-            table: ArcSwap::default(),
-            managed: Default::default(),
-            transitions: broadcast::Sender::new(TRANSITION_BUFFER),
-        }
+        Self::with_checker(Arc::new(Active))
     }
 }
 
 impl State {
+    /// A state whose endpoints' health checks are `checker`'s.
+    pub fn with_checker(checker: Arc<dyn Checker>) -> Self {
+        Self {
+            table: ArcSwap::default(),
+            managed: Default::default(),
+            transitions: broadcast::Sender::new(TRANSITION_BUFFER),
+            checker,
+        }
+    }
+
     /// The service steered to `vip`. The request path's lookup: no lock.
     pub fn lookup(&self, vip: &SocketAddr) -> Option<Arc<Service>> {
         self.table.load().get(vip).cloned()
@@ -108,28 +119,32 @@ impl State {
     fn spawn(&self, d: &DesiredService) -> Managed {
         let (service, outcomes) = Service::new(&d.name, d.vip, d.protocol, d.policy.clone());
         let (commands, receiver) = mpsc::unbounded_channel();
-        let owner = Owner::new(service.clone(), self.transitions.clone());
-        tokio::spawn(owner.run(receiver, outcomes));
+        let (owner, findings) =
+            Owner::new(service.clone(), self.transitions.clone(), self.checker.clone());
+        tokio::spawn(owner.run(receiver, outcomes, findings));
         Managed { service, commands }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::{
         config::{Policy, Protocol},
         discovery::{Condition, DesiredEndpoint},
+        health::Manual,
     };
 
-    fn service(vip: &str, endpoints: &[(&str, Condition)]) -> DesiredService {
+    fn service(endpoints: &[(&str, Condition)]) -> DesiredService {
+        let mut policy = Policy::default();
+        policy.health.enabled = false;
         DesiredService {
             name: "echo".into(),
-            vip: vip.parse().unwrap(),
+            vip: "10.96.0.1:80".parse().unwrap(),
             protocol: Protocol::Tcp,
-            policy: Policy::default(),
+            policy,
             endpoints: endpoints
                 .iter()
                 .map(|(a, c)| DesiredEndpoint { addr: a.parse().unwrap(), condition: *c })
@@ -137,33 +152,35 @@ mod tests {
         }
     }
 
-    async fn settled(state: &State, vip: &str) -> Arc<Service> {
-        let service = state.lookup(&vip.parse().unwrap()).expect("service exists");
-        // The owner applies commands asynchronously; give it a turn.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        service
+    async fn until(service: &Service, what: impl Fn(&EndpointSet) -> bool) {
+        let mut changes = service.watch_endpoints();
+        tokio::time::timeout(std::time::Duration::from_secs(60), changes.wait_for(|set| what(set)))
+            .await
+            .expect("the state in time")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn discovery_conditions_drive_states_and_transitions() {
-        let state = State::default();
+        let state = State::with_checker(Arc::new(Manual));
         let mut transitions = state.subscribe();
-        state.apply(&[service(
-            "10.96.0.1:80",
-            &[("10.10.0.2:80", Condition::Ready), ("10.10.0.3:80", Condition::NotReady)],
-        )]);
-        let svc = settled(&state, "10.96.0.1:80").await;
-        let set = svc.endpoints();
-        assert_eq!(set.all.len(), 2);
-        assert_eq!(
-            set.ready.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
-            ["10.10.0.2:80"]
-        );
+        state.apply(&[service(&[
+            ("10.10.0.2:80", Condition::Ready),
+            ("10.10.0.3:80", Condition::NotReady),
+        ])]);
+        let svc = state.lookup(&"10.96.0.1:80".parse().unwrap()).expect("service exists");
+        until(&svc, |set| set.all.len() == 2 && set.ready.len() == 1).await;
+        assert_eq!(svc.endpoints().ready[0].addr.to_string(), "10.10.0.2:80");
 
-        state.apply(&[service("10.96.0.1:80", &[("10.10.0.2:80", Condition::Terminating)])]);
-        let svc = settled(&state, "10.96.0.1:80").await;
+        // A request in flight keeps a terminating endpoint Draining; the NotReady one,
+        // removed and idle, is gone at once.
+        svc.endpoints().ready[0].load.outstanding.fetch_add(1, Ordering::Relaxed);
+        state.apply(&[service(&[("10.10.0.2:80", Condition::Terminating)])]);
+        until(&svc, |set| set.all.len() == 1 && set.all[0].lifecycle() == Lifecycle::Draining)
+            .await;
         assert!(svc.endpoints().ready.is_empty());
-        assert_eq!(svc.endpoints().all[0].lifecycle(), Lifecycle::Draining);
+        svc.endpoints().all[0].load.outstanding.fetch_sub(1, Ordering::Relaxed);
+        until(&svc, |set| set.all.is_empty()).await;
 
         let mut seen = Vec::new();
         while let Ok(t) = transitions.try_recv() {
@@ -171,10 +188,9 @@ mod tests {
         }
         assert!(seen.contains(&("10.10.0.3:80".into(), Lifecycle::Gone)), "{seen:?}");
         assert!(seen.contains(&("10.10.0.2:80".into(), Lifecycle::Draining)), "{seen:?}");
+        assert!(seen.contains(&("10.10.0.2:80".into(), Lifecycle::Gone)), "{seen:?}");
 
         state.apply(&[]);
         assert!(state.lookup(&"10.96.0.1:80".parse().unwrap()).is_none());
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(svc.endpoints().all.len(), 0, "a stopped service's endpoints are gone");
     }
 }
