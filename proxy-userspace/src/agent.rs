@@ -87,7 +87,7 @@ async fn serve(
 
     tasks.spawn(heartbeat(kernel.clone()));
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let proxy = Proxy::new(kernel.clone(), state.clone(), stopping);
+    let proxy = Proxy::new(kernel.clone(), state.clone(), stopping, metrics.clone());
     for listener in listeners {
         tasks.spawn(proxy.clone().serve(listener));
     }

@@ -1,6 +1,7 @@
 //! Peak-EWMA latency: a moving average that jumps up at once to a slower sample and
-//! decays back toward faster ones over [`DECAY`], so an endpoint that turns slow loses
-//! traffic immediately and wins it back gradually.
+//! decays back toward faster ones (and, without samples, toward zero) over [`DECAY`],
+//! so an endpoint that turns slow loses traffic immediately and wins it back
+//! gradually.
 
 use std::{
     sync::{LazyLock, atomic::Ordering},
@@ -27,9 +28,11 @@ pub fn observe(load: &Load, sample: Duration) {
     load.latency_ns.store(next, Ordering::Relaxed);
 }
 
-/// The current estimate, in nanoseconds.
+/// The current estimate, in nanoseconds. It decays while no sample arrives, so an
+/// endpoint that looked slow once is tried again rather than shunned for ever.
 pub fn estimate_ns(load: &Load) -> u64 {
-    load.latency_ns.load(Ordering::Relaxed)
+    let since = now_ns().saturating_sub(load.updated_ns.load(Ordering::Relaxed));
+    update(load.latency_ns.load(Ordering::Relaxed), since, 0)
 }
 
 /// The pure rule: a sample above the estimate replaces it; one below pulls it down by

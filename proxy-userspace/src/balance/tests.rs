@@ -48,9 +48,9 @@ fn equal_endpoints_share_requests_evenly() {
 #[test]
 fn a_slow_endpoint_gets_less_traffic() {
     let set = endpoints(3);
-    set.ready[0].load.latency_ns.store(50_000_000, Ordering::Relaxed);
+    pewma::observe(&set.ready[0].load, std::time::Duration::from_millis(50));
     for e in &set.ready[1..] {
-        e.load.latency_ns.store(1_000_000, Ordering::Relaxed);
+        pewma::observe(&e.load, std::time::Duration::from_millis(1));
     }
     let slow = (0..3000).filter(|_| P2c.pick(&set, &[]).unwrap().addr == set.ready[0].addr).count();
     assert!(slow < 100, "the slow endpoint is picked only when paired with itself: {slow}");

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     balance::pewma,
     retry::{TryFailure, parse_grpc_timeout},
-    state::{Endpoint, LocalOriginFailure, Outcome, Service},
+    state::{Endpoint, LocalOriginFailure, Outcome},
     upstream::Balancer,
 };
 
@@ -55,6 +55,8 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
         }
     };
     balancer.budget.lock().unwrap().request(Instant::now());
+    let metrics = &balancer.metrics;
+    metrics.request(&service.name, service.protocol);
 
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut last: Option<(TryFailure, Option<Response<Incoming>>)> = None;
@@ -66,8 +68,10 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
             }
             if !balancer.budget.lock().unwrap().try_retry(Instant::now()) {
                 tracing::debug!(service = %service.name, "retry budget spent");
+                metrics.retry_budget_exhausted(&service.name);
                 break;
             }
+            metrics.retry(&service.name);
         }
         let set = service.endpoints();
         let Some(endpoint) = balancer.select.pick(&set, &tried) else { break };
@@ -80,11 +84,17 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
         let Some(try_body) = body.take() else { break };
         let per_try = policy.retry.per_try_timeout.min(remaining);
         match send(balancer, &endpoint, &head, try_body, per_try, grpc).await {
-            Ok(response) => return response,
+            Ok(response) => {
+                if !grpc::is_grpc(response.headers()) || grpc::status(response.headers()).is_some()
+                {
+                    metrics.response(&service.name, code_name(&response, grpc), started.elapsed());
+                }
+                return response;
+            }
             Err(failure) => last = Some(failure),
         }
     }
-    match last {
+    let answer = match last {
         Some((_, Some(response))) => response.map(|b| b.map_err(Into::into).boxed_unsync()),
         Some((TryFailure::Local(LocalOriginFailure::Timeout), None)) => failure(
             grpc,
@@ -105,6 +115,16 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
             grpc::UNAVAILABLE,
             &format!("service {} has no ready endpoint", service.name),
         ),
+    };
+    metrics.response(&service.name, code_name(&answer, grpc), started.elapsed());
+    answer
+}
+
+/// The metrics label of an answer whose outcome is in its headers.
+fn code_name(response: &Response<ProxyBody>, grpc: bool) -> &'static str {
+    match grpc::status(response.headers()) {
+        Some(code) if grpc => crate::metrics::grpc_code_name(code),
+        _ => crate::metrics::http_class(response.status().as_u16()),
     }
 }
 
@@ -145,6 +165,7 @@ async fn send(
         Err(failure) => {
             if let TryFailure::Local(local) = failure {
                 service.report(endpoint, Outcome::LocalOrigin(local));
+                balancer.metrics.upstream_error(&service.name, local);
             }
             return Err((failure, None));
         }
@@ -169,28 +190,24 @@ async fn send(
         }
     }
     // The response goes to the client; a gRPC call's outcome comes with its trailers.
-    let (report_to, endpoint) = (balancer.service.clone(), endpoint.clone());
+    let (service, metrics) = (balancer.service.clone(), balancer.metrics.clone());
+    let endpoint = endpoint.clone();
     let watch_trailers = grpc && header_status.is_none() && http_status == 200;
     let done = move |ending: Ending| {
         drop(in_flight);
-        if !watch_trailers {
-            return;
-        }
         let outcome = match ending {
-            Ending::Complete { grpc_status } => Outcome::Response {
-                status: grpc_status.map_or(200, grpc::http_equivalent),
-                latency,
-            },
-            Ending::Failed => Outcome::LocalOrigin(LocalOriginFailure::Reset),
-            Ending::Abandoned => return,
+            Ending::Complete { grpc_status } if watch_trailers => {
+                let code = grpc_status.unwrap_or(0);
+                let name = crate::metrics::grpc_code_name(code);
+                metrics.response(&service.name, name, started.elapsed());
+                Outcome::Response { status: grpc::http_equivalent(code), latency }
+            }
+            Ending::Failed if watch_trailers => Outcome::LocalOrigin(LocalOriginFailure::Reset),
+            _ => return,
         };
-        report(&report_to, &endpoint, outcome);
+        service.report(&endpoint, outcome);
     };
     Ok(response.map(|body| Watched::new(body, done).boxed_unsync()))
-}
-
-fn report(service: &Service, endpoint: &Arc<Endpoint>, outcome: Outcome) {
-    service.report(endpoint, outcome);
 }
 
 /// Why hyper failed a request: a refused stream is safe to retry anywhere.

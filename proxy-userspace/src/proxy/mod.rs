@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use crate::{
     config::Protocol,
     datapath::{Datapath, DatapathError},
+    metrics::Metrics,
     state::{Service, State},
     upstream::Balancer,
 };
@@ -42,6 +43,7 @@ pub struct Proxy {
     state: Arc<State>,
     balancers: Mutex<HashMap<SocketAddr, Arc<Balancer>>>,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
     /// Downstream connections being served.
     active: Arc<AtomicUsize>,
 }
@@ -66,12 +68,14 @@ impl Proxy {
         datapath: Arc<dyn Datapath>,
         state: Arc<State>,
         shutdown: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             datapath,
             state,
             balancers: Mutex::default(),
             shutdown,
+            metrics,
             active: Arc::default(),
         })
     }
@@ -131,7 +135,11 @@ impl Proxy {
         let mut balancers = self.balancers.lock().unwrap();
         balancers
             .retain(|vip, b| self.state.lookup(vip).is_some_and(|s| Arc::ptr_eq(&s, &b.service)));
-        balancers.entry(service.vip).or_insert_with(|| Balancer::new(service)).clone()
+        let metrics = &self.metrics;
+        balancers
+            .entry(service.vip)
+            .or_insert_with(|| Balancer::new(service, metrics.clone()))
+            .clone()
     }
 }
 
@@ -141,14 +149,22 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let metrics = balancer.metrics.clone();
     if balancer.service.protocol == Protocol::Tcp {
+        let _open = metrics.connection("tcp");
         return tcp::forward(stream, balancer).await;
     }
     let (protocol, seen) = sniff::sniff(&mut stream, SNIFF_PATIENCE).await;
     let stream = sniff::Prefixed::new(seen, stream);
     match protocol {
-        sniff::Protocol::H2 => h2::serve(stream, balancer, shutdown).await,
-        sniff::Protocol::Http1 | sniff::Protocol::Opaque => tcp::forward(stream, balancer).await,
+        sniff::Protocol::H2 => {
+            let _open = metrics.connection("h2");
+            h2::serve(stream, balancer, shutdown).await
+        }
+        sniff::Protocol::Http1 | sniff::Protocol::Opaque => {
+            let _open = metrics.connection("tcp");
+            tcp::forward(stream, balancer).await
+        }
     }
 }
 
@@ -182,7 +198,8 @@ mod tests {
             endpoints: vec![DesiredEndpoint { addr: backend, condition: Condition::Ready }],
         }]);
         let recorder = Arc::new(Recorder::default());
-        let proxy = Proxy::new(recorder.clone(), state, watch::channel(false).1);
+        let metrics = Metrics::new(recorder.clone(), state.clone());
+        let proxy = Proxy::new(recorder.clone(), state, watch::channel(false).1, metrics);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));

@@ -19,6 +19,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let service = &balancer.service;
+    balancer.metrics.request(&service.name, service.protocol);
     let Some((mut upstream, endpoint)) = connect_any(&balancer).await else {
         warn!(service = %service.name, "no endpoint accepted a connection");
         return;
@@ -55,6 +56,7 @@ async fn connect_any(balancer: &Balancer) -> Option<(TcpStream, Arc<Endpoint>)> 
             Err(_) => LocalOriginFailure::ConnectTimeout,
         };
         service.report(&endpoint, Outcome::LocalOrigin(failure));
+        balancer.metrics.upstream_error(&service.name, failure);
     }
     None
 }

@@ -16,6 +16,7 @@ pub use conn::{KEEPALIVE, Upstream};
 
 use crate::{
     balance::{P2c, Select},
+    metrics::Metrics,
     retry::RetryBudget,
     state::{Lifecycle, Service},
 };
@@ -24,6 +25,7 @@ use crate::{
 /// retry budget.
 pub struct Balancer {
     pub service: Arc<Service>,
+    pub metrics: Arc<Metrics>,
     pub select: Box<dyn Select>,
     pub budget: Mutex<RetryBudget>,
     upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
@@ -31,10 +33,11 @@ pub struct Balancer {
 
 impl Balancer {
     /// A balancer for `service`, with a task that follows its endpoints' lifecycle.
-    pub fn new(service: Arc<Service>) -> Arc<Self> {
+    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>) -> Arc<Self> {
         let retry = service.policy().retry.clone();
         let balancer = Arc::new(Self {
             service,
+            metrics,
             select: Box::new(P2c),
             budget: Mutex::new(RetryBudget::new(
                 retry.budget_percent,
