@@ -179,6 +179,8 @@ impl Owner {
         if changed.is_empty() {
             return;
         }
+        // Readmissions first: an ejection that ended before another began reads so.
+        changed.sort_by_key(|(_, _, to)| *to != Lifecycle::Ready);
         for (endpoint, from, to) in &changed {
             self.announce(endpoint, Some(*from), *to);
             if *to == Lifecycle::Gone {
