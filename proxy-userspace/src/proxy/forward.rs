@@ -1,6 +1,8 @@
-//! One HTTP request (a gRPC call) through the balancer: pick a Ready endpoint, send on
-//! its pooled connection, and on a retryable failure try another endpoint, within the
-//! per-try and overall timeouts and the retry budget. A response is passed to the
+//! One HTTP request (a gRPC call, or an HTTP/1.1 or HTTP/2 request) through the
+//! balancer: pick a Ready endpoint, send on its pooled connection, and on a retryable
+//! failure try another endpoint, within the per-try and overall timeouts and the
+//! retry budget. Plain HTTP requests are retried only when their method is
+//! idempotent; gRPC calls by the gRPC status. A response is passed to the
 //! client only once it is known to be final, so no retry ever follows response
 //! headers that reached the client.
 
@@ -63,7 +65,8 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
     for attempt in 0..policy.retry.attempts {
         if attempt > 0 {
             let Some((failure, _)) = &last else { break };
-            if !body.replayable() || !failure.retryable(&policy.retry) {
+            let safe = grpc || head.method.is_idempotent();
+            if !safe || !body.replayable() || !failure.retryable(&policy.retry) {
                 break;
             }
             if !balancer.budget.lock().unwrap().try_retry(Instant::now()) {
@@ -144,17 +147,23 @@ async fn send(
     let in_flight = InFlight::new(endpoint.clone());
     let attempt = async {
         let upstream = balancer.upstream(endpoint.addr);
-        let mut sender = upstream
-            .sender(policy.timeout.connect.min(timeout))
-            .await
-            .map_err(TryFailure::Local)?;
-        sender.ready().await.map_err(|_| TryFailure::Local(LocalOriginFailure::Reset))?;
+        let connect_timeout = policy.timeout.connect.min(timeout);
         let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = head.uri.clone();
         *req.version_mut() = head.version;
         *req.headers_mut() = head.headers.clone();
-        sender.send_request(req).await.map_err(classify)
+        if head.version == http::Version::HTTP_2 {
+            let mut sender = upstream.sender(connect_timeout).await.map_err(TryFailure::Local)?;
+            sender.ready().await.map_err(|_| TryFailure::Local(LocalOriginFailure::Reset))?;
+            return sender.send_request(req).await.map_err(classify);
+        }
+        let mut sender =
+            upstream.http1.take(endpoint.addr, connect_timeout).await.map_err(TryFailure::Local)?;
+        sender.ready().await.map_err(|_| TryFailure::Local(LocalOriginFailure::Reset))?;
+        let response = sender.send_request(req).await.map_err(classify);
+        upstream.http1.give_back(sender);
+        response
     };
     let response = match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Err(TryFailure::Local(LocalOriginFailure::Timeout)),

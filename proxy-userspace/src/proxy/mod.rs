@@ -1,12 +1,13 @@
 //! The proxy: accepts the connections the kernel steered here, finds each one's
-//! original destination and service, and serves it: gRPC and other HTTP/2 per
-//! request, anything else as opaque TCP. Anything the kernel did not redirect is
+//! original destination and service, and serves it: gRPC, other HTTP/2 and HTTP/1.1
+//! per request, anything else as opaque TCP. Anything the kernel did not redirect is
 //! refused: the listener is not an open proxy.
 
 pub mod body;
 mod forward;
 pub mod grpc;
 mod h2;
+mod http1;
 pub mod sniff;
 mod tcp;
 
@@ -161,7 +162,11 @@ async fn serve_connection(
             let _open = metrics.connection("h2");
             h2::serve(stream, balancer, shutdown).await
         }
-        sniff::Protocol::Http1 | sniff::Protocol::Opaque => {
+        sniff::Protocol::Http1 => {
+            let _open = metrics.connection("http1");
+            http1::serve(stream, balancer).await
+        }
+        sniff::Protocol::Opaque => {
             let _open = metrics.connection("tcp");
             tcp::forward(stream, balancer).await
         }
@@ -234,5 +239,100 @@ mod tests {
         let mut buf = [0; 4];
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
+    }
+
+    /// An HTTP/1.1 backend: `ok_for_get` answers GET with 200, everything else 503.
+    async fn http_backend(ok_for_get: bool, posts: Arc<AtomicUsize>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let posts = posts.clone();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let posts = posts.clone();
+                        async move {
+                            if req.method() == http::Method::POST {
+                                posts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let ok = ok_for_get && req.method() == http::Method::GET;
+                            let mut response = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from("hi"),
+                            ));
+                            *response.status_mut() = if ok {
+                                http::StatusCode::OK
+                            } else {
+                                http::StatusCode::SERVICE_UNAVAILABLE
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn http1_gets_are_retried_elsewhere_and_posts_never() {
+        let posts = Arc::new(AtomicUsize::new(0));
+        let good = http_backend(true, posts.clone()).await;
+        let bad = http_backend(false, posts.clone()).await;
+        let vip: SocketAddr = "10.96.0.11:80".parse().unwrap();
+        let state = Arc::new(State::default());
+        let mut policy = Policy::default();
+        policy.health.enabled = false;
+        let endpoint = |addr| DesiredEndpoint { addr, condition: Condition::Ready };
+        state.apply(&[DesiredService {
+            name: "web".into(),
+            vip,
+            protocol: Protocol::Http,
+            policy,
+            endpoints: vec![endpoint(good), endpoint(bad)],
+        }]);
+        let mut changes = state.lookup(&vip).unwrap().watch_endpoints();
+        changes.wait_for(|set| set.ready.len() == 2).await.unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let metrics = Metrics::new(recorder.clone(), state.clone());
+        let proxy = Proxy::new(recorder.clone(), state, watch::channel(false).1, metrics);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        tokio::spawn(proxy.serve(listener));
+
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), vip);
+        let stream = socket.connect(proxy_addr).await.unwrap();
+        let (mut client, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = |method: http::Method| {
+            http::Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "web")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        for _ in 0..10 {
+            let response = client.send_request(request(http::Method::GET)).await.unwrap();
+            assert_eq!(
+                response.status(),
+                200,
+                "a GET answered 503 is retried on the other endpoint"
+            );
+            http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+        }
+        for _ in 0..5 {
+            let response = client.send_request(request(http::Method::POST)).await.unwrap();
+            assert_eq!(response.status(), 503);
+            http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+        }
+        assert_eq!(posts.load(Ordering::Relaxed), 5, "a POST is never sent twice");
     }
 }

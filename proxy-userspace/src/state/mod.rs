@@ -109,7 +109,7 @@ impl State {
         });
         for d in desired {
             let m = managed.entry(d.vip).or_insert_with(|| self.spawn(d));
-            let _ = m.commands.send(Command::Policy(d.policy.clone()));
+            let _ = m.commands.send(Command::Policy(Box::new(d.policy.clone())));
             let _ = m.commands.send(Command::Endpoints(d.endpoints.clone()));
         }
         let table = managed.iter().map(|(vip, m)| (*vip, m.service.clone())).collect();

@@ -30,7 +30,7 @@ const TICK: Duration = Duration::from_millis(50);
 pub enum Command {
     /// Discovery's current view of the service's endpoints.
     Endpoints(Vec<DesiredEndpoint>),
-    Policy(Policy),
+    Policy(Box<Policy>),
     /// The service is gone: every endpoint goes with it.
     Stop,
 }
@@ -80,7 +80,7 @@ impl Owner {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Endpoints(desired)) => self.discovered(&desired),
-                    Some(Command::Policy(policy)) => self.set_policy(policy),
+                    Some(Command::Policy(policy)) => self.set_policy(*policy),
                     Some(Command::Stop) | None => return self.stop(),
                 },
                 Some((endpoint, outcome)) = outcomes.recv() => self.observed(&endpoint, &outcome),

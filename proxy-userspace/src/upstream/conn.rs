@@ -1,4 +1,4 @@
-//! One endpoint's upstream HTTP/2 connection, shared by every request to it and
+//! One endpoint's upstream connections: the HTTP/2 connection, shared by every request to it and
 //! remade when it dies. Keepalive pings find a dead or frozen peer (one that neither
 //! answers nor resets) within [`KEEPALIVE`] twice over.
 
@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, task::AbortHandle};
 use tracing::debug;
 
+use super::http1::Http1Pool;
 use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
 
 /// Ping interval, and how long a ping may go unanswered.
@@ -21,6 +22,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// HTTP/1.1 connections, for clients that speak it.
+    pub http1: Http1Pool,
     /// The connection new requests go to.
     live: ArcSwapOption<SendRequest<ProxyBody>>,
     /// Every connection still running, retired ones included.
@@ -33,6 +36,7 @@ impl Upstream {
     pub fn new(addr: SocketAddr) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            http1: Http1Pool::default(),
             live: ArcSwapOption::empty(),
             tasks: Mutex::default(),
             connecting: Default::default(),
@@ -94,11 +98,13 @@ impl Upstream {
     /// No new requests: the connection closes once its requests in flight are done.
     pub fn retire(&self) {
         self.live.store(None);
+        self.http1.clear();
     }
 
     /// Closes the connection now; requests in flight on it fail (and may be retried).
     pub fn close(&self) {
         self.live.store(None);
+        self.http1.clear();
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }

@@ -4,6 +4,7 @@
 //! connections close at once, failing what is still in flight so it can be retried.
 
 mod conn;
+mod http1;
 
 use std::{
     collections::HashMap,
