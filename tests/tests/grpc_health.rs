@@ -68,3 +68,18 @@ fn a_backend_turning_not_serving_leaves_rotation_at_once() {
     // Polling Check at its 1 s interval could not do this; the Watch stream does.
     assert!(delay_ms < 500.0, "{delay_ms} ms");
 }
+
+#[test]
+fn a_backend_without_watch_is_polled_with_check() {
+    let _serial = serial();
+    let mut node = GrpcNode::new(1).unwrap();
+    let agent = node.start_agent(&node.service(&["b1"], "")).unwrap();
+    node.wait_in_rotation(&["b1"]).unwrap();
+
+    node.add_backend("b2", &["--no-watch", "true", "--not-serving-ms", "1500"]).unwrap();
+    agent.write_config(&node.config(&node.service(&["b1", "b2"], ""))).unwrap();
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    let log = node.backend("b2").log();
+    assert!(!log.contains("call while not serving"), "{log}");
+    assert!(stamp(&log, "b2 first call t_ns=") >= stamp(&log, "b2 serving t_ns="), "{log}");
+}

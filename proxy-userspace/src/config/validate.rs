@@ -146,4 +146,41 @@ mod tests {
             problem(&format!("{svc}  timeout: {{drian: 1s}}\n")).contains("unknown field `drian`")
         );
     }
+
+    #[test]
+    fn policy_blocks_parse_with_envoy_names_and_bad_values_name_the_field() {
+        let svc = "services:\n- name: a\n  vip: 10.96.0.1:80\n";
+        let config = parse(&format!(
+            "{svc}  health: {{interval: 250ms, unhealthy_threshold: 1, grpc_service_name: greeter}}\n  \
+             outlier: {{consecutive_gateway_failure: 3, base_ejection_time: 1s}}\n  \
+             retry: {{attempts: 2, retry_on: [unavailable, deadline-exceeded]}}\n  \
+             timeout: {{request: 3s}}\n"
+        ))
+        .unwrap();
+        let policy = config.services[0].policy();
+        assert_eq!(policy.health.interval, std::time::Duration::from_millis(250));
+        assert_eq!(policy.health.grpc_service_name, "greeter");
+        assert_eq!(policy.health.healthy_threshold, 2, "defaults fill the rest");
+        assert_eq!(policy.outlier.consecutive_gateway_failure, 3);
+        assert_eq!(policy.outlier.consecutive_local_origin_failure, 3);
+        assert_eq!(policy.retry.attempts, 2);
+        assert!(policy.retry.allows(crate::config::RetryOn::DeadlineExceeded));
+        assert_eq!(policy.timeout.request, std::time::Duration::from_secs(3));
+
+        for (block, field) in [
+            ("health: {interval: 0s}", "services[0].health.interval"),
+            ("health: {healthy_threshold: 0}", "services[0].health.healthy_threshold"),
+            ("outlier: {max_ejection_percent: 101}", "services[0].outlier.max_ejection_percent"),
+            ("outlier: {base_ejection_time: 10m}", "services[0].outlier.max_ejection_time"),
+            ("retry: {attempts: 0}", "services[0].retry.attempts"),
+            ("retry: {budget_percent: 200}", "services[0].retry.budget_percent"),
+            ("timeout: {request: 0ms}", "services[0].timeout.request"),
+        ] {
+            let message = problem(&format!("{svc}  {block}\n"));
+            assert!(message.contains(field), "{block}: {message}");
+        }
+        assert!(
+            problem(&format!("{svc}  retry: {{retry_on: [sometimes]}}\n")).contains("sometimes")
+        );
+    }
 }
