@@ -44,3 +44,16 @@ fn json_logs_are_one_object_per_line() {
     let object: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
     assert_eq!(object["level"], "ERROR", "{line}");
 }
+
+#[test]
+fn the_example_config_is_valid_and_states_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/static-config.example.yaml");
+    let config = sockeye::config::Config::load(&path).unwrap();
+    let service = &config.services[0];
+    assert_eq!(
+        service.policy(),
+        sockeye::config::Policy::default(),
+        "the example shows the defaults"
+    );
+}
