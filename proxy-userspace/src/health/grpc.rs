@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
-use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::{Results, pause};
-use crate::{config::policy::HealthPolicy, state::lifecycle::Check, upstream::KEEPALIVE};
+use crate::{config::policy::HealthPolicy, state::lifecycle::Check, upstream::h2_client};
 
 const SERVING: u64 = 1;
 const UNIMPLEMENTED: u32 = 12;
@@ -55,14 +55,7 @@ pub async fn run(addr: SocketAddr, policy: &HealthPolicy, results: &Results) {
 async fn connect(addr: SocketAddr, policy: &HealthPolicy) -> Option<SendRequest<Full<Bytes>>> {
     let stream = tokio::time::timeout(policy.timeout, TcpStream::connect(addr)).await.ok()?.ok()?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
+    let (sender, connection) = h2_client().handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(connection);
     Some(sender)
 }

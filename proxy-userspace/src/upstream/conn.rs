@@ -20,6 +20,17 @@ use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
 /// Ping interval, and how long a ping may go unanswered.
 pub const KEEPALIVE: Duration = Duration::from_secs(1);
 
+/// An HTTP/2 client whose keepalive pings find a dead or frozen peer.
+pub fn h2_client() -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEPALIVE)
+        .keep_alive_timeout(KEEPALIVE)
+        .keep_alive_while_idle(true);
+    builder
+}
+
 pub struct Upstream {
     pub addr: SocketAddr,
     /// HTTP/1.1 connections, for clients that speak it.
@@ -65,14 +76,8 @@ impl Upstream {
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| {
+        let (sender, connection) =
+            h2_client().handshake(TokioIo::new(stream)).await.map_err(|err| {
                 debug!(endpoint = %self.addr, "h2 handshake failed: {err}");
                 LocalOriginFailure::Reset
             })?;

@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-pub use conn::{KEEPALIVE, Upstream};
+pub use conn::{KEEPALIVE, Upstream, h2_client};
 
 use crate::{
     balance::{P2c, Select},
