@@ -69,3 +69,33 @@ fn a_frozen_backend_fails_no_call() {
     assert_eq!(report.failed, 0, "{report:?}");
     node.backend("b1").signal(libc::SIGCONT).unwrap();
 }
+
+#[test]
+fn calls_in_flight_on_a_drained_endpoint_are_retried_at_the_drain_deadline() {
+    let _serial = serial();
+    let mut node = GrpcNode::new(2).unwrap();
+    let policy = "  timeout:\n    drain: 500ms\n  retry:\n    per_try_timeout: 10s\n";
+    let agent = node.start_agent(&node.service(&["b1", "b2"], policy)).unwrap();
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    // b1 answers only after 4 s: its calls are still in flight when it is removed.
+    node.backend("b1").send("delay 4000").unwrap();
+    node.backend("b1")
+        .wait_for_log("control \"delay 4000\" applied", Duration::from_secs(5))
+        .unwrap();
+    let before = node.calls("b1").unwrap();
+    let vip = node.service(&[], "").vip;
+    let load = node
+        .client()
+        .start_grpc_load_with(vip, 50, Duration::from_secs(3), &["--timeout-ms", "8000"])
+        .unwrap();
+    wait_for_calls(&mut node, "b1", before + 1);
+    agent.write_config(&node.config(&node.service(&["b2"], policy))).unwrap();
+
+    let report = finish_load(load).unwrap();
+    println!("{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.backends.keys().collect::<Vec<_>>(), ["b2"], "b1 never answered in time");
+    // Calls caught on b1 were retried at the drain deadline, not left for b1's 4 s.
+    assert!(report.latency_us.max < 3_000_000, "{report:?}");
+    println!("the slowest call took {} ms", report.latency_us.max / 1000);
+}

@@ -165,9 +165,13 @@ async fn send(
         upstream.http1.give_back(sender);
         response
     };
-    let response = match tokio::time::timeout(timeout, attempt).await {
-        Err(_) => Err(TryFailure::Local(LocalOriginFailure::Timeout)),
-        Ok(result) => result,
+    let gone = balancer.upstream(endpoint.addr);
+    let response = tokio::select! {
+        result = tokio::time::timeout(timeout, attempt) => {
+            result.unwrap_or(Err(TryFailure::Local(LocalOriginFailure::Timeout)))
+        }
+        // The endpoint went away (drain deadline): give up the try, so it is retried.
+        () = gone.closed() => Err(TryFailure::Local(LocalOriginFailure::Reset)),
     };
     let response = match response {
         Ok(response) => response,

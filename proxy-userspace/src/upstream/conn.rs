@@ -41,6 +41,8 @@ pub struct Upstream {
     tasks: Mutex<Vec<AbortHandle>>,
     /// One connect at a time per endpoint.
     connecting: tokio::sync::Mutex<()>,
+    /// Turns true when the endpoint is gone: requests in flight to it give up.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Upstream {
@@ -51,6 +53,7 @@ impl Upstream {
             live: ArcSwapOption::empty(),
             tasks: Mutex::default(),
             connecting: Default::default(),
+            closed: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -106,11 +109,19 @@ impl Upstream {
         self.http1.clear();
     }
 
+    /// Resolves once the endpoint is gone ([`Upstream::close`]).
+    pub async fn closed(&self) {
+        let _ = self.closed.subscribe().wait_for(|closed| *closed).await;
+    }
+
     /// Closes the connection now; requests in flight on it fail (and may be retried).
     pub fn close(&self) {
+        self.closed.send_replace(true);
         self.live.store(None);
         self.http1.clear();
-        for task in self.tasks.lock().unwrap().drain(..) {
+        let tasks: Vec<AbortHandle> = self.tasks.lock().unwrap().drain(..).collect();
+        debug!(endpoint = %self.addr, connections = tasks.len(), "closing upstream connections");
+        for task in tasks {
             task.abort();
         }
     }
