@@ -152,3 +152,39 @@ fn mounted(fs_type: &str, at: &Path) -> bool {
         fields.len() > 2 && Path::new(fields[1]) == at && fields[2] == fs_type
     })
 }
+
+/// The peers `cargo xtask bench` measures sockeye against: HAProxy and nginx, from
+/// Debian's packages. Their services are not started: the benchmark runs its own
+/// instances inside the sandbox.
+pub fn bench_peers() -> Result<(), String> {
+    const PEERS: [&str; 2] = ["haproxy", "nginx-light"];
+    let missing: Vec<&str> = PEERS.into_iter().filter(|p| !package_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask bench: installing {} (services not started)", missing.join(" "));
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# xtask bench: no service starts while peers install\nexit 101\n",
+        )
+        .map_err(|e| format!("writing {}: {e}", policy.display()))?;
+        let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(policy, executable)
+            .map_err(|e| format!("{}: {e}", policy.display()))?;
+    }
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    let status =
+        Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").status();
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("apt-get install {} failed ({status})", missing.join(" "))),
+        Err(e) => Err(format!("cannot run apt-get ({e}); install {} by hand", missing.join(" "))),
+    }
+}

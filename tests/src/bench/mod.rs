@@ -2,6 +2,7 @@
 //! run. Absolute numbers on a shared machine are noise; the ratios are the result.
 
 pub mod grpc;
+pub mod peers;
 
 use std::path::Path;
 

@@ -7,11 +7,15 @@ use anyhow::{Context as _, bail};
 use sandbox::bench;
 
 const USAGE: &str = "\
-sockeye-bench [grpc] [--rate N] [--seconds S] [--rounds R]
+sockeye-bench [grpc] [peers] [--rate N] [--seconds S] [--rounds R]
 
   grpc          gRPC unary from an enrolled Pod: direct to a backend Pod vs through the
-                agent; latency percentiles, agent CPU per 1k calls and RSS, and the
-                maximum sustained rate of each path (the default suite)
+                agent to the same Pod; latency percentiles, agent CPU per 1k calls and
+                RSS, and the maximum sustained rate of each path
+  peers         the same load to a Service of three backends, side by side: direct to
+                one Pod, kube-proxy DNAT, sockeye, HAProxy and nginx; a markdown table
+                and a plot in results/
+                (no suite named: both)
   --rate N      calls per second in the latency rounds (default 1000)
   --seconds S   length of one latency round (default 5)
   --rounds R    latency rounds per path, interleaved (default 3)
@@ -32,11 +36,13 @@ fn run() -> anyhow::Result<()> {
         rounds: 3,
         ramp: vec![1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000],
     };
+    let (mut grpc, mut peers) = (false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "grpc" => {}
+            "grpc" => grpc = true,
+            "peers" => peers = true,
             "--rate" => options.rate = value("--rate")?.parse()?,
             "--seconds" => options.round = Duration::from_secs(value("--seconds")?.parse()?),
             "--rounds" => options.rounds = value("--rounds")?.parse()?,
@@ -47,9 +53,29 @@ fn run() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
-    let results = bench::grpc::run(&options)?;
-    bench::grpc::print(&results);
-    let path = bench::save("bench-grpc", &results)?;
-    println!("\nresults saved to {}", path.display());
+    if !grpc && !peers {
+        (grpc, peers) = (true, true);
+    }
+    if grpc {
+        let results = bench::grpc::run(&options)?;
+        bench::grpc::print(&results);
+        let path = bench::save("bench-grpc", &results)?;
+        println!("\nresults saved to {}\n", path.display());
+    }
+    if peers {
+        let peers_options = bench::peers::Options {
+            rate: options.rate,
+            round: options.round,
+            ramp: options.ramp.clone(),
+        };
+        let results = bench::peers::run(&peers_options)?;
+        let table = bench::peers::table(&results);
+        println!("\n== gRPC unary at {} calls/s to 3 backends ==\n\n{table}", options.rate);
+        let path = bench::save("bench-peers", &results)?;
+        let dir = path.parent().expect("a results folder");
+        std::fs::write(dir.join("bench-peers.md"), &table)?;
+        std::fs::write(dir.join("bench-peers.svg"), bench::peers::plot(&results, &options.ramp))?;
+        println!("results saved to {} (and bench-peers.md, bench-peers.svg)", path.display());
+    }
     Ok(())
 }
