@@ -28,9 +28,7 @@ fn main() -> ExitCode {
         "setup" => setup::setup(rest.iter().any(|a| a == "--build-only")),
         "test" => setup::run().and_then(|()| run::test(&rest)),
         "demo" => setup::run().and_then(|()| run::demo(&rest)),
-        "bench" => {
-            setup::run().and_then(|()| setup::bench_peers()).and_then(|()| run::bench(&rest))
-        }
+        "bench" => setup::run().and_then(|()| run::bench(&rest)),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
             return ExitCode::SUCCESS;

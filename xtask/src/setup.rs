@@ -24,6 +24,7 @@ pub fn setup(build_only: bool) -> Result<(), String> {
     nightly_rust_src(&mut installed)?;
     bpf_linker(&mut installed)?;
     if !build_only {
+        bench_peers(&mut installed)?;
         bpffs(&mut installed)?;
         require_cgroup2()?;
     }
@@ -154,15 +155,18 @@ fn mounted(fs_type: &str, at: &Path) -> bool {
 }
 
 /// The peers `cargo xtask bench` measures sockeye against: HAProxy and nginx, from
-/// Debian's packages. Their services are not started: the benchmark runs its own
-/// instances inside the sandbox.
-pub fn bench_peers() -> Result<(), String> {
+/// Debian's packages. Their services are not started (a `policy-rc.d` that says no is
+/// in place during the install): the benchmark runs its own instances in a sandbox.
+fn bench_peers(installed: &mut Vec<String>) -> Result<(), String> {
     const PEERS: [&str; 2] = ["haproxy", "nginx-light"];
     let missing: Vec<&str> = PEERS.into_iter().filter(|p| !package_installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask bench: installing {} (services not started)", missing.join(" "));
+    eprintln!(
+        "xtask setup: installing {} for the benchmark (services not started)",
+        missing.join(" ")
+    );
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let ours = !policy.exists();
     if ours {
@@ -183,7 +187,10 @@ pub fn bench_peers() -> Result<(), String> {
         let _ = std::fs::remove_file(policy);
     }
     match status {
-        Ok(status) if status.success() => Ok(()),
+        Ok(status) if status.success() => {
+            installed.extend(missing.iter().map(|p| p.to_string()));
+            Ok(())
+        }
         Ok(status) => Err(format!("apt-get install {} failed ({status})", missing.join(" "))),
         Err(e) => Err(format!("cannot run apt-get ({e}); install {} by hand", missing.join(" "))),
     }
