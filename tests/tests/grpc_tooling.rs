@@ -12,7 +12,7 @@ fn a_scripted_backend_refuses_then_fails_then_serves_and_load_reports_it() {
     let backend = sandbox.add_pod("b1").unwrap();
     let target = backend.addr(50051);
     let mut server =
-        backend.start_grpc(50051, &["--refuse-ms", "500", "--not-serving-ms", "500"]).unwrap();
+        backend.start_grpc(50051, &["--refuse-ms", "400", "--not-serving-ms", "400"]).unwrap();
     let load = sandbox.pod("client").start_grpc_load(target, 200, Duration::from_secs(2)).unwrap();
     let mut load = load;
     load.wait(Duration::from_secs(30)).unwrap();
