@@ -114,7 +114,10 @@ impl Sandbox {
             "net.ipv4.conf.default.rp_filter=0",
         ])?;
         self.node.ip(&[
-            "link add br0 type bridge",
+            // A fixed address: a bridge without one takes the lowest of its ports'
+            // addresses, so adding a Pod could change the node's MAC under every other
+            // Pod's neighbour cache and black-hole their traffic for seconds.
+            "link add br0 address 02:00:0a:0a:00:01 type bridge",
             "link set br0 up",
             &format!("addr add {NODE_IP4}/24 dev br0"),
             &format!("addr add {NODE_IP6}/64 dev br0 nodad"),

@@ -76,8 +76,8 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
             }
             metrics.retry(&service.name);
         }
-        let set = service.endpoints();
-        let Some(endpoint) = balancer.select.pick(&set, &tried) else { break };
+        // A snapshot taken and released here: nothing borrowed is held across awaits.
+        let Some(endpoint) = balancer.select.pick(&service.endpoints(), &tried) else { break };
         tried.push(endpoint.clone());
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {

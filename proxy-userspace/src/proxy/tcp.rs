@@ -40,7 +40,9 @@ async fn connect_any(balancer: &Balancer) -> Option<(TcpStream, Arc<Endpoint>)> 
     let service = &balancer.service;
     let timeout = service.policy().timeout.connect;
     let mut tried = Vec::new();
-    while let Some(endpoint) = balancer.select.pick(&service.endpoints(), &tried) {
+    loop {
+        // The snapshot is released before the connect's await.
+        let Some(endpoint) = balancer.select.pick(&service.endpoints(), &tried) else { break };
         tried.push(endpoint.clone());
         let started = Instant::now();
         let failure = match tokio::time::timeout(timeout, TcpStream::connect(endpoint.addr)).await {
