@@ -36,7 +36,9 @@ impl Select for P2c {
                 let a = random_below(n);
                 let b = (a + 1 + random_below(n - 1)) % n;
                 let (a, b) = (nth(a)?, nth(b)?);
-                Some(if cost(&b) < cost(&a) { b } else { a })
+                // `a` is a random pick: it stays unless `b` is clearly cheaper, so
+                // endpoints within the tolerance share evenly.
+                Some(if cost(&b) * TOLERANCE < cost(&a) { b } else { a })
             }
         }
     }
@@ -46,6 +48,10 @@ impl Select for P2c {
 /// node), not a slower endpoint: it is added to every estimate so that requests in
 /// flight decide between endpoints that are about as fast.
 pub const NOISE: Duration = Duration::from_millis(5);
+
+/// How much cheaper one of the two picks must be to win over the other: closer
+/// costs are a coin toss (the picks are random), so noise does not herd requests.
+const TOLERANCE: f64 = 1.25;
 
 /// Expected wait at an endpoint: its latency estimate (plus [`NOISE`]) times the
 /// requests that would be ahead of this one.
