@@ -113,7 +113,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "request_duration",
-            "Time from a request's arrival to its response headers",
+            "Time from a request's arrival to its end (gRPC: the trailers; HTTP: the headers)",
             prometheus_client::registry::Unit::Seconds,
             metrics.latency.clone(),
         );

@@ -86,7 +86,7 @@ pub async fn forward(balancer: &Balancer, req: Request<Incoming>) -> Response<Pr
         }
         let Some(try_body) = body.take() else { break };
         let per_try = policy.retry.per_try_timeout.min(remaining);
-        match send(balancer, &endpoint, &head, try_body, per_try, grpc).await {
+        match send(balancer, &endpoint, &head, try_body, per_try, grpc, started).await {
             Ok(response) => {
                 if !grpc::is_grpc(response.headers()) || grpc::status(response.headers()).is_some()
                 {
@@ -140,6 +140,7 @@ async fn send(
     body: ProxyBody,
     timeout: Duration,
     grpc: bool,
+    request_started: Instant,
 ) -> Result<Response<ProxyBody>, (TryFailure, Option<Response<Incoming>>)> {
     let service = &balancer.service;
     let policy = service.policy();
@@ -212,7 +213,7 @@ async fn send(
             Ending::Complete { grpc_status } if watch_trailers => {
                 let code = grpc_status.unwrap_or(0);
                 let name = crate::metrics::grpc_code_name(code);
-                metrics.response(&service.name, name, started.elapsed());
+                metrics.response(&service.name, name, request_started.elapsed());
                 Outcome::Response { status: grpc::http_equivalent(code), latency }
             }
             Ending::Failed if watch_trailers => Outcome::LocalOrigin(LocalOriginFailure::Reset),
