@@ -18,7 +18,7 @@ use super::http1::Http1Pool;
 use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
 
 /// Ping interval, and how long a ping may go unanswered.
-pub const KEEPALIVE: Duration = Duration::from_secs(1);
+pub const KEEPALIVE: Duration = Duration::from_millis(500);
 
 /// An HTTP/2 client whose keepalive pings find a dead or frozen peer.
 pub fn h2_client() -> http2::Builder<TokioExecutor> {
