@@ -1,6 +1,7 @@
-//! One endpoint's upstream connections: the HTTP/2 connection, shared by every request to it and
-//! remade when it dies. Keepalive pings find a dead or frozen peer (one that neither
-//! answers nor resets) within [`KEEPALIVE`] twice over.
+//! One endpoint's upstream connections: the HTTP/2 connection, shared by every request
+//! to it and remade when it dies, and a pool of HTTP/1.1 ones. Keepalive pings find a
+//! dead or frozen peer (one that neither answers nor resets) within [`KEEPALIVE`]
+//! twice over.
 
 use std::{
     net::SocketAddr,
