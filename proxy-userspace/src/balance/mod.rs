@@ -60,6 +60,23 @@ pub fn cost(endpoint: &Endpoint) -> f64 {
     latency * f64::from(endpoint.load.outstanding.load(Ordering::Relaxed) + 1)
 }
 
+/// Counts a request (or connection) in flight to an endpoint for as long as it lives:
+/// the load selection weighs, and what a drain waits for.
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.load.outstanding.fetch_add(1, Ordering::Relaxed);
+        Self(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.load.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A uniform number in `0..n` from a per-thread xorshift generator: selection needs
 /// speed and spread, not cryptographic quality.
 fn random_below(n: usize) -> usize {

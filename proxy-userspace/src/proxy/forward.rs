@@ -7,7 +7,7 @@
 //! headers that reached the client.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -20,7 +20,7 @@ use super::{
     grpc,
 };
 use crate::{
-    balance::pewma,
+    balance::{InFlight, pewma},
     retry::{TryFailure, parse_grpc_timeout},
     state::{Endpoint, LocalOriginFailure, Outcome},
     upstream::Balancer,
@@ -146,8 +146,8 @@ async fn send(
     let policy = service.policy();
     let started = Instant::now();
     let in_flight = InFlight::new(endpoint.clone());
+    let upstream = balancer.upstream(endpoint.addr);
     let attempt = async {
-        let upstream = balancer.upstream(endpoint.addr);
         let connect_timeout = policy.timeout.connect.min(timeout);
         let mut req = Request::new(body);
         *req.method_mut() = head.method.clone();
@@ -166,13 +166,12 @@ async fn send(
         upstream.http1.give_back(sender);
         response
     };
-    let gone = balancer.upstream(endpoint.addr);
     let response = tokio::select! {
         result = tokio::time::timeout(timeout, attempt) => {
             result.unwrap_or(Err(TryFailure::Local(LocalOriginFailure::Timeout)))
         }
         // The endpoint went away (drain deadline): give up the try, so it is retried.
-        () = gone.closed() => Err(TryFailure::Local(LocalOriginFailure::Reset)),
+        () = upstream.closed() => Err(TryFailure::Local(LocalOriginFailure::Reset)),
     };
     let response = match response {
         Ok(response) => response,
@@ -246,20 +245,4 @@ fn failure(grpc: bool, code: u32, message: &str) -> Response<ProxyBody> {
     );
     *response.status_mut() = http::StatusCode::from_u16(status).expect("a valid status");
     response
-}
-
-/// Counts a request in flight to an endpoint for as long as it lives.
-struct InFlight(Arc<Endpoint>);
-
-impl InFlight {
-    fn new(endpoint: Arc<Endpoint>) -> Self {
-        endpoint.load.outstanding.fetch_add(1, Ordering::Relaxed);
-        Self(endpoint)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.load.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
 }

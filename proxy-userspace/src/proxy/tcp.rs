@@ -10,6 +10,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
+    balance::InFlight,
     state::{Endpoint, LocalOriginFailure, Outcome},
     upstream::Balancer,
 };
@@ -24,7 +25,7 @@ where
         warn!(service = %service.name, "no endpoint accepted a connection");
         return;
     };
-    let _in_flight = endpoint.load.outstanding.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _in_flight = InFlight::new(endpoint.clone());
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => {
             debug!(service = %service.name, endpoint = %endpoint.addr, up, down, "connection done")
@@ -33,7 +34,6 @@ where
             debug!(service = %service.name, endpoint = %endpoint.addr, "connection ended: {err}")
         }
     }
-    endpoint.load.outstanding.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn connect_any(balancer: &Balancer) -> Option<(TcpStream, Arc<Endpoint>)> {

@@ -2,15 +2,15 @@
 //! through the agent (the service VIP, steered by the kernel) to the same backend.
 //! Open-loop constant rate, latency from each call's scheduled send time.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Usage, ratio};
+use super::{SUSTAINED_P99_US, Usage, load, ramp, ratio, say};
 use crate::{
     GrpcNode,
     grpc::load::{LoadReport, Percentiles},
-    grpc_node::{GRPC_PORT, finish_load},
+    grpc_node::GRPC_PORT,
 };
 
 pub struct Options {
@@ -22,9 +22,6 @@ pub struct Options {
     /// Rates tried, in order, for the maximum sustainable rate.
     pub ramp: Vec<u32>,
 }
-
-/// A rate is sustained when every call succeeds and p99 stays under this.
-const SUSTAINED_P99_US: u64 = 20_000;
 
 #[derive(Debug, Serialize)]
 pub struct Results {
@@ -51,8 +48,9 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     let vip = service.vip;
 
     say("warming up both paths");
-    load(&node, direct, 500, Duration::from_secs(1))?;
-    load(&node, vip, 500, Duration::from_secs(1))?;
+    let client = node.client();
+    load(client, direct, 500, Duration::from_secs(1))?;
+    load(client, vip, 500, Duration::from_secs(1))?;
 
     let (mut direct_rounds, mut agent_rounds) = (Vec::new(), Vec::new());
     let mut agent_cpu = 0.0;
@@ -61,16 +59,16 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             "round {round}/{}: {} calls/s for {:?}, direct then via the agent",
             options.rounds, options.rate, options.round
         ));
-        direct_rounds.push(load(&node, direct, options.rate, options.round)?);
+        direct_rounds.push(load(client, direct, options.rate, options.round)?);
         let before = Usage::of(agent.proc().pid())?;
-        agent_rounds.push(load(&node, vip, options.rate, options.round)?);
+        agent_rounds.push(load(client, vip, options.rate, options.round)?);
         agent_cpu += Usage::of(agent.proc().pid())?.cpu_seconds - before.cpu_seconds;
     }
     let usage = Usage::of(agent.proc().pid())?;
     let agent_ok: u64 = agent_rounds.iter().map(|r| r.ok).sum();
 
-    let max_rate_direct = max_rate(&node, direct, &options.ramp, "direct")?;
-    let max_rate_agent = max_rate(&node, vip, &options.ramp, "agent")?;
+    let (max_rate_direct, _) = ramp(client, direct, &options.ramp, "ramp direct")?;
+    let (max_rate_agent, _) = ramp(client, vip, &options.ramp, "ramp agent")?;
     Ok(Results {
         rate: options.rate,
         calls_per_path: agent_rounds.iter().map(|r| r.sent).sum(),
@@ -122,37 +120,6 @@ pub fn print(r: &Results) {
     );
 }
 
-fn load(
-    node: &GrpcNode,
-    to: SocketAddr,
-    rate: u32,
-    duration: Duration,
-) -> anyhow::Result<LoadReport> {
-    let proc =
-        node.client().start_grpc_load_with(to, rate, duration, &["--max-in-flight", "2000"])?;
-    finish_load(proc)
-}
-
-/// The highest rate of `ramp` sustained before the first one that is not.
-fn max_rate(node: &GrpcNode, to: SocketAddr, ramp: &[u32], path: &str) -> anyhow::Result<u32> {
-    let mut best = 0;
-    for &rate in ramp {
-        let r = load(node, to, rate, Duration::from_secs(2))?;
-        let sustained = r.failed == 0 && r.latency_us.p99 < SUSTAINED_P99_US;
-        say(&format!(
-            "ramp {path}: {rate} calls/s -> p99 {} µs, {} failed{}",
-            r.latency_us.p99,
-            r.failed,
-            if sustained { "" } else { " (not sustained)" }
-        ));
-        if !sustained {
-            break;
-        }
-        best = rate;
-    }
-    Ok(best)
-}
-
 fn median(rounds: &[LoadReport]) -> Percentiles {
     let pick = |f: fn(&Percentiles) -> u64| {
         let mut values: Vec<u64> = rounds.iter().map(|r| f(&r.latency_us)).collect();
@@ -166,8 +133,4 @@ fn median(rounds: &[LoadReport]) -> Percentiles {
         p999: pick(|p| p.p999),
         max: pick(|p| p.max),
     }
-}
-
-fn say(line: &str) {
-    eprintln!("bench: {line}");
 }

@@ -4,9 +4,57 @@
 pub mod grpc;
 pub mod peers;
 
-use std::path::Path;
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context as _;
+
+use crate::{Pod, grpc::load::LoadReport, grpc_node::finish_load};
+
+/// A rate is sustained when every call succeeds and p99 stays under this.
+pub const SUSTAINED_P99_US: u64 = 20_000;
+
+/// Open-loop load from `pod` to `to` for `duration`, and its report.
+pub fn load(
+    pod: &Pod,
+    to: SocketAddr,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<LoadReport> {
+    let proc = pod.start_grpc_load_with(to, rate, duration, &["--max-in-flight", "2000"])?;
+    finish_load(proc)
+}
+
+/// Runs each rate of `rates` for 2 s until one is not sustained: the highest rate
+/// sustained, and p99 at each rate tried.
+pub fn ramp(
+    pod: &Pod,
+    to: SocketAddr,
+    rates: &[u32],
+    path: &str,
+) -> anyhow::Result<(u32, Vec<(u32, u64)>)> {
+    let (mut best, mut points) = (0, Vec::new());
+    for &rate in rates {
+        let r = load(pod, to, rate, Duration::from_secs(2))?;
+        points.push((rate, r.latency_us.p99));
+        let sustained = r.failed == 0 && r.latency_us.p99 < SUSTAINED_P99_US;
+        say(&format!(
+            "{path}: {rate} calls/s -> p99 {} µs, {} failed{}",
+            r.latency_us.p99,
+            r.failed,
+            if sustained { "" } else { " (not sustained)" }
+        ));
+        if !sustained {
+            break;
+        }
+        best = rate;
+    }
+    Ok((best, points))
+}
+
+/// Progress, on stderr.
+pub fn say(line: &str) {
+    eprintln!("bench: {line}");
+}
 
 /// What the kernel says a process has used.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]

@@ -7,18 +7,11 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use serde::Serialize;
 
-use super::{Usage, ratio};
-use crate::{
-    GrpcNode, Proc,
-    grpc::load::{LoadReport, Percentiles},
-    grpc_node::{GRPC_PORT, finish_load},
-    node::NODE_IP4,
-};
+use super::{Usage, load, ramp, ratio, say};
+use crate::{GrpcNode, Proc, grpc::load::Percentiles, grpc_node::GRPC_PORT, node::NODE_IP4};
 
 const HAPROXY_PORT: u16 = 9000;
 const NGINX_PORT: u16 = 9001;
-/// A rate is sustained when every call succeeds and p99 stays under this.
-const SUSTAINED_P99_US: u64 = 20_000;
 
 pub struct Options {
     pub rate: u32,
@@ -60,13 +53,14 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<PathResult>> {
     let mut results = Vec::new();
     for (path, from, to, pids) in paths {
         say(&format!("{path}: warm-up, then {} calls/s for {:?}", options.rate, options.round));
-        load(&node, from, to, 500, Duration::from_secs(1))?;
+        let pod = node.sandbox.pod(from);
+        load(pod, to, 500, Duration::from_secs(1))?;
         let before = usage(&pids)?;
-        let report = load(&node, from, to, options.rate, options.round)?;
+        let report = load(pod, to, options.rate, options.round)?;
         let after = usage(&pids)?;
         let cpu = (!pids.is_empty())
             .then(|| ratio(after.cpu_seconds - before.cpu_seconds, report.ok as f64 / 1000.0));
-        let (max_rate, ramp_p99_us) = ramp(&node, from, to, &options.ramp, path)?;
+        let (max_rate, ramp_p99_us) = ramp(pod, to, &options.ramp, path)?;
         results.push(PathResult {
             path,
             latency_us: report.latency_us,
@@ -129,43 +123,6 @@ pub fn plot(results: &[PathResult], ramp: &[u32]) -> String {
         "p99 ms",
         &series,
     )
-}
-
-fn load(
-    node: &GrpcNode,
-    from: &str,
-    to: SocketAddr,
-    rate: u32,
-    duration: Duration,
-) -> anyhow::Result<LoadReport> {
-    let proc = node.sandbox.pod(from).start_grpc_load_with(
-        to,
-        rate,
-        duration,
-        &["--max-in-flight", "2000"],
-    )?;
-    finish_load(proc)
-}
-
-fn ramp(
-    node: &GrpcNode,
-    from: &str,
-    to: SocketAddr,
-    rates: &[u32],
-    path: &str,
-) -> anyhow::Result<(u32, Vec<(u32, u64)>)> {
-    let (mut best, mut points) = (0, Vec::new());
-    for &rate in rates {
-        let r = load(node, from, to, rate, Duration::from_secs(2))?;
-        points.push((rate, r.latency_us.p99));
-        let sustained = r.failed == 0 && r.latency_us.p99 < SUSTAINED_P99_US;
-        say(&format!("{path}: {rate} calls/s -> p99 {} µs, {} failed", r.latency_us.p99, r.failed));
-        if !sustained {
-            break;
-        }
-        best = rate;
-    }
-    Ok((best, points))
 }
 
 fn usage(pids: &[u32]) -> anyhow::Result<Usage> {
@@ -235,8 +192,4 @@ fn wait_listening(node: &GrpcNode, port: u16, proc: &Proc) -> anyhow::Result<()>
     })
     .map_err(|e| anyhow::anyhow!("{e}: {}", proc.log()))?;
     Ok(())
-}
-
-fn say(line: &str) {
-    eprintln!("bench: {line}");
 }
