@@ -10,9 +10,11 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, Admin, Readiness},
+    config::Config,
     datapath::{self, Datapath, DatapathError, Kernel, KernelOptions},
     discovery::{
         Desired, Discovery,
+        kube::Kube,
         static_file::{POLL_INTERVAL, StaticFile},
     },
     eviction,
@@ -22,25 +24,53 @@ use crate::{
 };
 
 pub struct RunOptions {
-    pub config: PathBuf,
+    pub source: Source,
     pub cgroup: Option<PathBuf>,
     pub bpffs: PathBuf,
     pub kernel_debug_log: bool,
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Where services, endpoints and enrolled namespaces come from.
+pub enum Source {
+    /// A static config file, hot-reloaded.
+    File(PathBuf),
+    /// The Kubernetes API, for the Pods on `node`; listeners from `settings`.
+    Kube { node: String, settings: Option<PathBuf> },
+}
+
 /// How long a shutdown waits for downstream connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let (discovery, config) = StaticFile::start(&options.config, POLL_INTERVAL)?;
+    match &options.source {
+        Source::File(path) => {
+            let (discovery, config) = StaticFile::start(path, POLL_INTERVAL)?;
+            run_with(&options, discovery, config).await
+        }
+        Source::Kube { node, settings } => {
+            let config = match settings {
+                Some(path) => Config::load_node_settings(path)?,
+                None => Config::node_defaults(),
+            };
+            let discovery = Kube::connect(node).await?;
+            run_with(&options, discovery, config).await
+        }
+    }
+}
+
+async fn run_with(
+    options: &RunOptions,
+    discovery: impl Discovery,
+    config: Config,
+) -> anyhow::Result<()> {
     // Listen before the kernel steers anything here.
     let mut listeners = vec![bind(config.listen, "listen").await?];
     if let Some(listen6) = config.listen6 {
         listeners.push(bind(listen6, "listen6").await?);
     }
     let admin_listener = bind(config.admin, "admin").await?;
-    let cgroup = match options.cgroup {
+    let cgroup = match options.cgroup.clone() {
         Some(cgroup) => cgroup,
         None => datapath::cgroup2_root()?,
     };
@@ -79,6 +109,14 @@ async fn serve(
     tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), metrics.clone()));
 
     let mut desired = discovery.watch();
+    info!("waiting for discovery");
+    tokio::select! {
+        () = discovery.synced() => {}
+        signal = shutdown_signal() => {
+            tasks.shutdown().await;
+            return signal.map_err(Into::into);
+        }
+    }
     let first = desired.borrow_and_update().clone();
     apply(&first, kernel.as_ref(), &state).context("applying the config")?;
     kernel.beat()?;
@@ -211,13 +249,14 @@ mod tests {
         let desired = Desired {
             services: vec![service("a", "10.96.0.1:80"), service("b", "10.96.0.2:80")],
             enroll: vec!["/proc/self/ns/net".into()],
+            ..Desired::default()
         };
         apply(&desired, &recorder, &state).unwrap();
         assert_eq!(recorder.vips.lock().unwrap().len(), 2);
         assert_eq!(recorder.enrolled.lock().unwrap().len(), 1);
         assert_eq!(state.vips().len(), 2);
 
-        let fewer = Desired { services: vec![service("b", "10.96.0.2:80")], enroll: vec![] };
+        let fewer = Desired { services: vec![service("b", "10.96.0.2:80")], ..Desired::default() };
         apply(&fewer, &recorder, &state).unwrap();
         let vips = recorder.vips.lock().unwrap().clone();
         assert_eq!(vips.into_iter().collect::<Vec<_>>(), vec!["10.96.0.2:80".parse().unwrap()]);
@@ -232,6 +271,7 @@ mod tests {
         let desired = Desired {
             services: vec![service("a", "10.96.0.1:80")],
             enroll: vec![Path::new("/var/run/netns/does-not-exist").into()],
+            ..Desired::default()
         };
         let err = apply(&desired, &recorder, &state).unwrap_err();
         assert!(format!("{err:#}").contains("enroll.netns /var/run/netns/does-not-exist"));

@@ -1,10 +1,22 @@
 //! Eviction in the kernel: when an endpoint is gone, the sockets of enrolled Pods that
 //! are connected straight to it (headless Services, clients that resolved Pod IPs) are
 //! destroyed, so the apps see an abort at once and reconnect to a live Pod.
+//!
+//! An endpoint is gone when discovery stops listing it, or when it has stayed
+//! unhealthy or ejected for [`SUSPECT_GRACE`] (a frozen Pod the API still lists).
 
-use std::{path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
-use tokio::sync::{broadcast, watch};
+use tokio::{
+    sync::{broadcast, watch},
+    time::Instant,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -14,36 +26,71 @@ use crate::{
     state::{Lifecycle, Transition},
 };
 
-/// Evicts each endpoint that becomes Gone from every enrolled network namespace.
+/// How long an endpoint may stay unhealthy or ejected before its direct connections
+/// are evicted. Longer than outlier detection's base ejection time, so a short
+/// ejection does not cost clients their connections.
+pub const SUSPECT_GRACE: Duration = Duration::from_secs(60);
+
+/// Evicts endpoints as they go, until discovery or the state ends.
 pub async fn run(
     mut transitions: broadcast::Receiver<Transition>,
-    desired: watch::Receiver<Arc<Desired>>,
+    mut desired: watch::Receiver<Arc<Desired>>,
     metrics: Arc<Metrics>,
 ) {
+    let mut known = endpoints(&desired.borrow_and_update());
+    let mut suspects = Suspects::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let transition = match transitions.recv().await {
-            Ok(t) if t.to == Lifecycle::Gone => t,
-            Ok(_) => continue,
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                warn!("eviction missed {missed} endpoint transitions");
-                continue;
+        let gone: Vec<(String, SocketAddr)> = tokio::select! {
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = endpoints(&desired.borrow_and_update());
+                let gone = known
+                    .iter()
+                    .filter(|(addr, _)| !now.contains_key(addr))
+                    .map(|(addr, service)| (service.clone(), *addr))
+                    .collect();
+                known = now;
+                gone
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            transition = transitions.recv() => match transition {
+                Ok(t) => {
+                    suspects.transition(&t, Instant::now());
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    warn!("eviction missed {missed} endpoint transitions");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => suspects.due(Instant::now()),
         };
         let netns = desired.borrow().enroll.clone();
-        let started = Instant::now();
-        let addr = transition.addr;
-        let Ok(destroyed) = tokio::task::spawn_blocking(move || evict(&netns, addr)).await else {
-            continue;
-        };
-        if destroyed > 0 {
-            info!(endpoint = %addr, sockets = destroyed, elapsed = ?started.elapsed(), "evicted direct connections");
-            metrics.evicted(&transition.service, destroyed);
+        for (service, addr) in gone {
+            evict(netns.clone(), &service, addr, &metrics).await;
         }
     }
 }
 
-fn evict(netns: &[PathBuf], addr: std::net::SocketAddr) -> usize {
+fn endpoints(desired: &Desired) -> BTreeMap<SocketAddr, String> {
+    desired.endpoints().into_iter().map(|(addr, service)| (addr, service.to_string())).collect()
+}
+
+async fn evict(netns: Vec<PathBuf>, service: &str, addr: SocketAddr, metrics: &Metrics) {
+    let started = std::time::Instant::now();
+    let Ok(destroyed) = tokio::task::spawn_blocking(move || destroy_in(&netns, addr)).await else {
+        return;
+    };
+    if destroyed > 0 {
+        info!(endpoint = %addr, sockets = destroyed, elapsed = ?started.elapsed(), "evicted direct connections");
+        metrics.evicted(service, destroyed);
+    }
+}
+
+fn destroy_in(netns: &[PathBuf], addr: SocketAddr) -> usize {
     netns
         .iter()
         .map(|path| match destroy_connections_to(path, addr) {
@@ -54,4 +101,77 @@ fn evict(netns: &[PathBuf], addr: std::net::SocketAddr) -> usize {
             }
         })
         .sum()
+}
+
+/// Endpoints that are unhealthy or ejected, since when, and whether they were evicted.
+#[derive(Default)]
+struct Suspects(HashMap<(SocketAddr, SocketAddr), Suspect>);
+
+struct Suspect {
+    service: String,
+    since: Instant,
+    evicted: bool,
+}
+
+impl Suspects {
+    fn transition(&mut self, t: &Transition, now: Instant) {
+        let key = (t.vip, t.addr);
+        if matches!(t.to, Lifecycle::Unhealthy | Lifecycle::Ejected) {
+            let service = t.service.to_string();
+            self.0.entry(key).or_insert(Suspect { service, since: now, evicted: false });
+        } else {
+            self.0.remove(&key);
+        }
+    }
+
+    /// Suspects past their grace, each returned once.
+    fn due(&mut self, now: Instant) -> Vec<(String, SocketAddr)> {
+        self.0
+            .iter_mut()
+            .filter(|(_, s)| !s.evicted && now.duration_since(s.since) >= SUSPECT_GRACE)
+            .map(|((_, addr), s)| {
+                s.evicted = true;
+                (s.service.clone(), *addr)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(addr: &str, to: Lifecycle) -> Transition {
+        Transition {
+            service: "cart".into(),
+            vip: "10.96.0.1:80".parse().unwrap(),
+            addr: addr.parse().unwrap(),
+            from: None,
+            to,
+        }
+    }
+
+    #[test]
+    fn an_endpoint_unhealthy_or_ejected_past_its_grace_is_due_once() {
+        let start = Instant::now();
+        let mut suspects = Suspects::default();
+        suspects.transition(&transition("10.0.0.1:80", Lifecycle::Unhealthy), start);
+        let later = start + Duration::from_secs(10);
+        suspects.transition(&transition("10.0.0.1:80", Lifecycle::Ejected), later);
+        suspects.transition(&transition("10.0.0.2:80", Lifecycle::Ejected), later);
+        assert!(suspects.due(start + SUSPECT_GRACE - Duration::from_millis(1)).is_empty());
+        let due = suspects.due(start + SUSPECT_GRACE);
+        assert_eq!(due, [("cart".to_string(), "10.0.0.1:80".parse().unwrap())]);
+        assert!(suspects.due(start + SUSPECT_GRACE).is_empty(), "only once");
+        assert_eq!(suspects.due(later + SUSPECT_GRACE).len(), 1, "the second one");
+    }
+
+    #[test]
+    fn an_endpoint_that_recovers_is_forgiven() {
+        let start = Instant::now();
+        let mut suspects = Suspects::default();
+        suspects.transition(&transition("10.0.0.1:80", Lifecycle::Unhealthy), start);
+        suspects.transition(&transition("10.0.0.1:80", Lifecycle::Ready), start);
+        assert!(suspects.due(start + SUSPECT_GRACE * 2).is_empty());
+    }
 }

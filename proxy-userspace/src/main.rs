@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use sockeye::agent::{self, RunOptions};
+use sockeye::agent::{self, RunOptions, Source};
 use tracing_subscriber::EnvFilter;
 
 /// sockeye: an eBPF-accelerated node proxy that sends each request only to live, ready Pods.
@@ -21,10 +21,19 @@ enum Command {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["config", "kube"])))]
 struct RunArgs {
-    /// Static configuration file (YAML); hot-reloaded when it changes.
+    /// Configuration file (YAML), hot-reloaded when it changes. With --kube it holds
+    /// only node settings (listen, listen6, admin).
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Discover services, endpoints and opted-in Pods from the Kubernetes API (in a
+    /// Pod: its service account; elsewhere: KUBECONFIG).
+    #[arg(long)]
+    kube: bool,
+    /// This node's name, for --kube: only its Pods are enrolled.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME", required_if_eq("kube", "true"))]
+    node_name: Option<String>,
     /// cgroup v2 directory to attach the kernel programs to [default: the cgroup v2
     /// root found in /proc/mounts].
     #[arg(long, value_name = "PATH")]
@@ -63,12 +72,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = RunOptions {
-        config: args.config,
-        cgroup: args.cgroup,
-        bpffs: args.bpffs,
-        kernel_debug_log,
+    let source = match (args.kube, args.node_name) {
+        (true, Some(node)) => Source::Kube { node, settings: args.config },
+        (_, _) => Source::File(args.config.expect("clap requires --config without --kube")),
     };
+    let options = RunOptions { source, cgroup: args.cgroup, bpffs: args.bpffs, kernel_debug_log };
     match runtime.block_on(agent::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -123,6 +123,35 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// Reads node settings (listeners, admin) for `--kube`, where services and
+    /// enrolled Pods come from the API server and so must not be in the file.
+    pub fn load_node_settings(path: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load(path)?;
+        let from_api = |field: &str| ConfigError::Invalid {
+            path: path.into(),
+            field: field.into(),
+            problem: "comes from the Kubernetes API with --kube; remove it from the file".into(),
+        };
+        if !config.services.is_empty() {
+            return Err(from_api("services"));
+        }
+        if !config.enroll.netns.is_empty() {
+            return Err(from_api("enroll"));
+        }
+        Ok(config)
+    }
+
+    /// Node settings with every default, for `--kube` without a file.
+    pub fn node_defaults() -> Self {
+        Self {
+            listen: default_listen(),
+            listen6: None,
+            admin: default_admin(),
+            enroll: Enroll::default(),
+            services: Vec::new(),
+        }
+    }
+
     /// Parses and validates `text`; `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let config: Config = serde_yaml_ng::from_str(text)

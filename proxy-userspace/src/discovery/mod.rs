@@ -1,6 +1,7 @@
 //! Discovery: what services and endpoints exist, and which network namespaces are
 //! enrolled. The static file is one source; the Kubernetes API is another.
 
+pub mod kube;
 pub mod static_file;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
@@ -13,6 +14,9 @@ use crate::config::{Config, Policy, Protocol, ServiceConfig};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub services: Vec<DesiredService>,
+    /// Services without a VIP: not steered, but clients that connect straight to
+    /// their endpoints have those connections evicted when an endpoint goes.
+    pub headless: Vec<HeadlessService>,
     /// Network namespace files (`/var/run/netns/x`, `/proc/PID/ns/net`) to enroll.
     pub enroll: Vec<PathBuf>,
 }
@@ -25,6 +29,13 @@ pub struct DesiredService {
     pub protocol: Protocol,
     pub policy: Policy,
     pub endpoints: Vec<DesiredEndpoint>,
+}
+
+/// A Service without a VIP and its endpoints' addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadlessService {
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +75,7 @@ impl From<&Config> for Desired {
     fn from(config: &Config) -> Self {
         Self {
             services: config.services.iter().map(DesiredService::from).collect(),
+            headless: Vec::new(),
             enroll: config.enroll.netns.clone(),
         }
     }
@@ -73,6 +85,30 @@ impl From<&Config> for Desired {
 pub trait Discovery: Send + Sync + 'static {
     /// The latest state; the receiver sees every change.
     fn watch(&self) -> watch::Receiver<Arc<Desired>>;
+
+    /// Resolves once the state is complete (for the API server: every kind listed).
+    fn synced(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+impl Desired {
+    /// Every endpoint address discovery knows, with the first service naming it.
+    pub fn endpoints(&self) -> std::collections::BTreeMap<SocketAddr, &str> {
+        let steered = self
+            .services
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |e| (e.addr, s.name.as_str())));
+        let headless = self
+            .headless
+            .iter()
+            .flat_map(|s| s.endpoints.iter().map(move |&a| (a, s.name.as_str())));
+        let mut all = std::collections::BTreeMap::new();
+        for (addr, service) in steered.chain(headless) {
+            all.entry(addr).or_insert(service);
+        }
+        all
+    }
 }
 
 /// A fixed state, for tests of what reacts to discovery.
