@@ -30,9 +30,28 @@ impl Agent {
         let path = sandbox.dir().join("agent.yaml");
         std::fs::write(&path, config)?;
         let mut command = Command::new(crate::binary("sockeye")?);
+        command.args(["run", "--config"]).arg(&path);
+        Self::spawn(sandbox, command, path)
+    }
+
+    /// Starts the agent with `--kube` against the API server `kubeconfig` names, as
+    /// node `node`; listeners as in the static config.
+    pub(crate) fn start_kube(sandbox: &Sandbox, kubeconfig: &str, node: &str) -> anyhow::Result<Self> {
+        let kubeconfig_path = sandbox.dir().join("kubeconfig.yaml");
+        std::fs::write(&kubeconfig_path, kubeconfig)?;
+        let path = sandbox.dir().join("agent.yaml");
+        std::fs::write(&path, settings_yaml())?;
+        let mut command = Command::new(crate::binary("sockeye")?);
         command
-            .args(["run", "--config"])
+            .args(["run", "--kube", "--config"])
             .arg(&path)
+            .env("KUBECONFIG", &kubeconfig_path)
+            .env("NODE_NAME", node);
+        Self::spawn(sandbox, command, path)
+    }
+
+    fn spawn(sandbox: &Sandbox, mut command: Command, path: PathBuf) -> anyhow::Result<Self> {
+        command
             .arg("--cgroup")
             .arg(sandbox.cgroup())
             .arg("--bpffs")
@@ -91,15 +110,16 @@ impl Agent {
     }
 }
 
+/// The listeners on the node.
+fn settings_yaml() -> String {
+    format!("listen: {AGENT_IP4}:{AGENT_PORT}\nlisten6: '[{AGENT_IP6}]:{AGENT_PORT}'\nadmin: {ADMIN}\n")
+}
+
 /// The agent's config: listeners on the node, these Pods enrolled, these services.
 pub fn config_yaml(enrolled: &[&Pod], services: &[ServiceSpec]) -> String {
     let netns: Vec<String> =
         enrolled.iter().map(|p| p.netns().path().display().to_string()).collect();
-    let mut yaml = format!(
-        "listen: {AGENT_IP4}:{AGENT_PORT}\nlisten6: '[{AGENT_IP6}]:{AGENT_PORT}'\n\
-         admin: {ADMIN}\nenroll:\n  netns: [{}]\nservices:\n",
-        netns.join(", ")
-    );
+    let mut yaml = format!("{}enroll:\n  netns: [{}]\nservices:\n", settings_yaml(), netns.join(", "));
     for s in services {
         let endpoints: Vec<String> = s.endpoints.iter().map(|e| format!("'{e}'")).collect();
         yaml.push_str(&format!(

@@ -32,9 +32,14 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Kills every process in the cgroup and removes it.
+/// Kills every process in the cgroup and removes it, with the cgroups below it.
 pub fn remove(path: &Path) -> anyhow::Result<()> {
     let _ = std::fs::write(path.join("cgroup.kill"), "1");
+    for child in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove(&child.path())?;
+        }
+    }
     // rmdir fails with EBUSY until the killed processes are reaped.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

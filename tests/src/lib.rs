@@ -15,6 +15,7 @@ pub mod echo_node;
 pub mod grpc;
 pub mod grpc_node;
 pub mod kernel;
+pub mod kube_api;
 mod kube_proxy;
 mod names;
 mod netns;

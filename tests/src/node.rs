@@ -206,6 +206,12 @@ impl Sandbox {
         Agent::start(self, config)
     }
 
+    /// Starts the agent with `sockeye run --kube` against the API server that
+    /// `kubeconfig` names, as node `node`, and waits until it is ready.
+    pub fn start_agent_kube(&self, kubeconfig: &str, node: &str) -> anyhow::Result<Agent> {
+        Agent::start_kube(self, kubeconfig, node)
+    }
+
     /// A config file for the agent: these Pods enrolled, these services.
     pub fn agent_config(&self, enrolled: &[&Pod], services: &[ServiceSpec]) -> String {
         crate::agent::config_yaml(enrolled, services)
@@ -256,6 +262,18 @@ impl Pod {
         command.args(args);
         let name = format!("{}:{}", self.name, args.first().unwrap_or(&""));
         spawn(&self.shared, &self.netns, &name, command)
+    }
+
+    /// Starts a stand-in for the Pod's sandbox ("pause") process, in a kubelet-style
+    /// cgroup `kubepods/pod<uid>` below the test cgroup: where `sockeye run --kube`
+    /// finds the network namespace of the Pod with that UID.
+    pub fn start_pause(&self, uid: &str) -> anyhow::Result<Proc> {
+        let cgroup = self.shared.cgroup.join("kubepods").join(format!("pod{uid}"));
+        std::fs::create_dir_all(&cgroup)
+            .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+        let mut command = Command::new("sleep");
+        command.arg("infinity");
+        spawn_in(&self.shared, &self.netns, &format!("{}:pause", self.name), command, &cgroup)
     }
 
     /// Starts a TCP echo backend named after this Pod on `port` (IPv4 and IPv6).
@@ -325,10 +343,21 @@ impl Pod {
 }
 
 fn spawn(shared: &Shared, netns: &Netns, name: &str, command: Command) -> anyhow::Result<Proc> {
+    spawn_in(shared, netns, name, command, &shared.cgroup)
+}
+
+/// [`spawn`] into `cgroup` (the test cgroup or one below it).
+fn spawn_in(
+    shared: &Shared,
+    netns: &Netns,
+    name: &str,
+    command: Command,
+    cgroup: &Path,
+) -> anyhow::Result<Proc> {
     let procs = std::fs::OpenOptions::new()
         .write(true)
-        .open(shared.cgroup.join("cgroup.procs"))
-        .context("opening the test cgroup")?;
+        .open(cgroup.join("cgroup.procs"))
+        .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let log = shared.dir.join(format!("{n:03}-{}.log", name.replace([':', '/'], "-")));

@@ -16,7 +16,8 @@
 //!       (sandbox::grpc::load::LoadReport) as its last line.
 //!   sk-pod tcp-hold --to ADDR --count N
 //!       Opens N connections to an echo backend and holds them until each ends; prints
-//!       `held N`, then a line per ended connection, then `ended aborted=A eof=E`.
+//!       `held N`, then a line per ended connection, `last ended at monotonic_ns=T`,
+//!       then `ended aborted=A eof=E`.
 //!   sk-pod tcp-junk --to ADDR [--hold-ms H]
 //!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
 //!       close, silence) and holds them open.
@@ -190,31 +191,34 @@ fn hold(to: SocketAddr, count: usize) -> anyhow::Result<()> {
         .collect::<std::io::Result<Vec<_>>>()
         .context("connect")?;
     println!("held {count}");
-    let ends: Vec<Option<std::io::Error>> = std::thread::scope(|scope| {
+    let ends: Vec<(Option<std::io::Error>, u64)> = std::thread::scope(|scope| {
         let waits: Vec<_> = streams
             .into_iter()
             .map(|mut stream| {
                 scope.spawn(move || {
                     let mut buf = [0u8; 256];
-                    loop {
+                    let end = loop {
                         match std::io::Read::read(&mut stream, &mut buf) {
-                            Ok(0) => return None,
+                            Ok(0) => break None,
                             Ok(_) => continue,
-                            Err(err) => return Some(err),
+                            Err(err) => break Some(err),
                         }
-                    }
+                    };
+                    (end, sandbox::monotonic_ns())
                 })
             })
             .collect();
         waits.into_iter().map(|w| w.join().expect("reader thread")).collect()
     });
-    for end in &ends {
+    for (end, _) in &ends {
         match end {
             Some(err) => println!("ended: {err}"),
             None => println!("ended: eof"),
         }
     }
-    let aborted = ends.iter().filter(|e| e.is_some()).count();
+    let aborted = ends.iter().filter(|(e, _)| e.is_some()).count();
+    let last = ends.iter().map(|(_, at)| *at).max().unwrap_or(0);
+    println!("last ended at monotonic_ns={last}");
     println!("ended aborted={aborted} eof={}", ends.len() - aborted);
     Ok(())
 }
