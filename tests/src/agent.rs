@@ -36,7 +36,11 @@ impl Agent {
 
     /// Starts the agent with `--kube` against the API server `kubeconfig` names, as
     /// node `node`; listeners as in the static config.
-    pub(crate) fn start_kube(sandbox: &Sandbox, kubeconfig: &str, node: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start_kube(
+        sandbox: &Sandbox,
+        kubeconfig: &str,
+        node: &str,
+    ) -> anyhow::Result<Self> {
         let kubeconfig_path = sandbox.dir().join("kubeconfig.yaml");
         std::fs::write(&kubeconfig_path, kubeconfig)?;
         let path = sandbox.dir().join("agent.yaml");
@@ -112,14 +116,17 @@ impl Agent {
 
 /// The listeners on the node.
 fn settings_yaml() -> String {
-    format!("listen: {AGENT_IP4}:{AGENT_PORT}\nlisten6: '[{AGENT_IP6}]:{AGENT_PORT}'\nadmin: {ADMIN}\n")
+    format!(
+        "listen: {AGENT_IP4}:{AGENT_PORT}\nlisten6: '[{AGENT_IP6}]:{AGENT_PORT}'\nadmin: {ADMIN}\n"
+    )
 }
 
 /// The agent's config: listeners on the node, these Pods enrolled, these services.
 pub fn config_yaml(enrolled: &[&Pod], services: &[ServiceSpec]) -> String {
     let netns: Vec<String> =
         enrolled.iter().map(|p| p.netns().path().display().to_string()).collect();
-    let mut yaml = format!("{}enroll:\n  netns: [{}]\nservices:\n", settings_yaml(), netns.join(", "));
+    let mut yaml =
+        format!("{}enroll:\n  netns: [{}]\nservices:\n", settings_yaml(), netns.join(", "));
     for s in services {
         let endpoints: Vec<String> = s.endpoints.iter().map(|e| format!("'{e}'")).collect();
         yaml.push_str(&format!(

@@ -56,10 +56,8 @@ struct Change {
 impl FakeApi {
     /// Serves on `listener` (bound wherever the agent can reach it).
     pub fn start(listener: std::net::TcpListener) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let addr = listener.local_addr()?;
         let mut api = Self {
             store: Arc::default(),

@@ -105,8 +105,7 @@ fn labeling_a_namespace_enrolls_its_pods_on_this_node_and_only_those() {
     let mut node = EchoNode::new(2).unwrap();
     node.sandbox.add_pod("dev1").unwrap();
     let api = start_api(&node);
-    let (client, outsider, dev1) =
-        (node.client(), node.outsider(), node.sandbox.pod("dev1"));
+    let (client, outsider, dev1) = (node.client(), node.outsider(), node.sandbox.pod("dev1"));
     let _pauses: Vec<_> =
         [client, outsider, dev1].iter().map(|p| p.start_pause(&uid(p)).unwrap()).collect();
     api.apply(namespace("shop", true)).unwrap();
@@ -135,13 +134,11 @@ fn labeling_a_namespace_enrolls_its_pods_on_this_node_and_only_those() {
     let mut opted_out = pod(dev1, "dev", NODE);
     opted_out["metadata"]["labels"] = json!({"sockeye.dev/proxy": "disabled"});
     api.apply(opted_out).unwrap();
-    wait_for("dev1 to opt out", Duration::from_secs(5), || (!steered(dev1)).then_some(()))
-        .unwrap();
+    wait_for("dev1 to opt out", Duration::from_secs(5), || (!steered(dev1)).then_some(())).unwrap();
     assert!(held.wait(Duration::from_millis(200)).is_err(), "{}", held.log());
 
     api.apply(namespace("shop", false)).unwrap();
-    wait_for("shop to leave", Duration::from_secs(5), || (!steered(client)).then_some(()))
-        .unwrap();
+    wait_for("shop to leave", Duration::from_secs(5), || (!steered(client)).then_some(())).unwrap();
     let requests = api.requests();
     assert!(
         requests.iter().any(|r| r.contains("labelSelector=sockeye.dev%2Fproxy%3Denabled")),
@@ -224,7 +221,7 @@ fn odd_objects_are_skipped_and_the_api_server_going_away_loses_nothing() {
         "metadata": {"name": "odd-1", "namespace": "shop",
                      "labels": {"kubernetes.io/service-name": "odd"}},
         "endpoints": [{"addresses": ["not-an-ip"]}]}))
-    .unwrap();
+        .unwrap();
 
     let agent = start_agent(&node, &api);
     wait_backends(client, &["b1", "b2"]);

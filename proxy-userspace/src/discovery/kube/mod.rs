@@ -13,7 +13,6 @@ mod snapshot;
 
 use std::{path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use kube::{
     Api, Client,
@@ -43,10 +42,12 @@ pub struct Kube {
 impl Kube {
     /// Connects with the in-cluster service account, or `KUBECONFIG` outside a cluster.
     pub async fn connect(node: &str) -> anyhow::Result<Self> {
-        let client = Client::try_default().await.context(
-            "cannot configure the Kubernetes client: run in a Pod with a service account, \
-             or set KUBECONFIG",
-        )?;
+        let client = Client::try_default().await.map_err(|err| {
+            anyhow::anyhow!(
+                "cannot configure the Kubernetes client (run in a Pod with a service account, \
+                 or set KUBECONFIG): {err}"
+            )
+        })?;
         Ok(Self::start(client, node, "/proc"))
     }
 
