@@ -18,9 +18,26 @@ pub struct AgentState {
     pub listen4: SockAddr,
     /// The IPv6 listener; `family == 0` when there is none.
     pub listen6: SockAddr,
+    /// [`AgentState::ACCEL`] when Pod↔agent connections go in the socket map.
+    pub flags: u32,
+    pub reserved: u32,
 }
 
 impl AgentState {
+    /// sockops puts Pod↔agent sockets in the socket map, where sk_msg moves their
+    /// bytes socket to socket.
+    pub const ACCEL: u32 = 1;
+
+    pub const fn accel(&self) -> bool {
+        self.flags & Self::ACCEL != 0
+    }
+
+    /// Whether `addr` is one of the agent's listeners.
+    pub fn is_listener(&self, addr: &SockAddr) -> bool {
+        (self.listen4.family != 0 && self.listen4 == *addr)
+            || (self.listen6.family != 0 && self.listen6 == *addr)
+    }
+
     /// True when the last heartbeat is recent enough. A heartbeat from the future
     /// (clock read races between CPUs) counts as fresh.
     pub const fn is_alive(&self, now_ns: u64) -> bool {

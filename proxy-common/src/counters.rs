@@ -22,10 +22,19 @@ pub enum Counter {
     OrigDstFiled,
     /// sockops could not file an original destination (map update failed).
     OrigDstFileFailed,
+    /// sockops put one end of a Pod↔agent connection in the socket map.
+    AccelInserted,
+    /// sockops could not put a Pod↔agent socket in the socket map.
+    AccelInsertFailed,
+    /// sk_msg moved a message straight to the peer socket.
+    AccelRedirected,
+    /// sk_msg found no peer socket (its handshake had not finished on the agent's
+    /// side), so the connection's messages take the TCP stack from then on.
+    AccelFallback,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 13] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -35,6 +44,10 @@ impl Counter {
         Counter::SkipMapFull,
         Counter::OrigDstFiled,
         Counter::OrigDstFileFailed,
+        Counter::AccelInserted,
+        Counter::AccelInsertFailed,
+        Counter::AccelRedirected,
+        Counter::AccelFallback,
     ];
     /// Size of the counters array; leaves room for counters added later.
     pub const SLOTS: u32 = 32;
@@ -51,6 +64,10 @@ impl Counter {
             Counter::SkipMapFull => "skip_map_full",
             Counter::OrigDstFiled => "orig_dst_filed",
             Counter::OrigDstFileFailed => "orig_dst_file_failed",
+            Counter::AccelInserted => "accel_inserted",
+            Counter::AccelInsertFailed => "accel_insert_failed",
+            Counter::AccelRedirected => "accel_redirected",
+            Counter::AccelFallback => "accel_fallback",
         }
     }
 }

@@ -33,6 +33,12 @@ pub mod map_names {
     /// Original destination of an established steered connection, as the agent sees
     /// it after `accept`: `FourTuple` (client → agent) → `SockAddr`.
     pub const ORIG_BY_TUPLE: &str = "SK_ORIG_TUPLE";
+    /// Both ends of each accelerated Pod↔agent connection, for sk_msg:
+    /// `FourTuple` (local → remote of that socket) → socket.
+    pub const SOCKS: &str = "SK_SOCKS";
+    /// Accelerated sockets whose messages take the TCP stack after all (sk_msg found
+    /// no peer once): `FourTuple` (local → remote) → `u8` (1).
+    pub const NO_ACCEL: &str = "SK_NO_ACCEL";
     /// Per-CPU `u64` counters indexed by [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "SK_COUNTERS";
 }
@@ -44,9 +50,12 @@ pub mod map_sizes {
     pub const VIPS: u32 = 16384;
     pub const ORIG_BY_COOKIE: u32 = 65536;
     pub const ORIG_BY_TUPLE: u32 = 65536;
+    /// Two entries per accelerated connection.
+    pub const SOCKS: u32 = 65536;
+    pub const NO_ACCEL: u32 = 4096;
 }
 
 // The kernel and userspace must agree on these layouts byte for byte.
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<FourTuple>() == 40);
-const _: () = assert!(core::mem::size_of::<AgentState>() == 56);
+const _: () = assert!(core::mem::size_of::<AgentState>() == 64);

@@ -55,6 +55,7 @@ mod tests {
             max_age_ns: HEARTBEAT_MAX_AGE_NS,
             listen4: addr("169.254.77.1:15001"),
             listen6: SockAddr::default(),
+            ..AgentState::default()
         }
     }
 

@@ -13,6 +13,8 @@ mod connect6;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod sk_msg;
+#[cfg(target_arch = "bpf")]
 mod sockops;
 
 #[cfg(target_arch = "bpf")]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use proxy_common::{AgentState, Counter, FourTuple, SockAddr, map_sizes};
 
@@ -22,6 +22,12 @@ pub static ORIG_BY_COOKIE: LruHashMap<u64, SockAddr> =
 #[map(name = "SK_ORIG_TUPLE")]
 pub static ORIG_BY_TUPLE: LruHashMap<FourTuple, SockAddr> =
     LruHashMap::pinned(map_sizes::ORIG_BY_TUPLE, 0);
+
+#[map(name = "SK_SOCKS")]
+pub static SOCKS: SockHash<FourTuple> = SockHash::pinned(map_sizes::SOCKS, 0);
+
+#[map(name = "SK_NO_ACCEL")]
+pub static NO_ACCEL: LruHashMap<FourTuple, u8> = LruHashMap::pinned(map_sizes::NO_ACCEL, 0);
 
 #[map(name = "SK_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::SLOTS, 0);

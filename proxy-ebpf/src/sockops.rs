@@ -1,22 +1,47 @@
 //! sockops: when a steered connection is established, file its original destination
-//! under the connection's 4-tuple, where the agent finds it after `accept`.
+//! under the connection's 4-tuple, where the agent finds it after `accept`; with
+//! acceleration on, put both ends of the Pod↔agent connection in the socket map.
 
 use aya_ebpf::{
-    bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, helpers::bpf_get_socket_cookie, macros::sock_ops,
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+    },
+    helpers::bpf_get_socket_cookie,
+    macros::sock_ops,
     programs::SockOpsContext,
 };
 use proxy_common::{Counter, FourTuple, SockAddr, addr::AF_INET, addr::port};
 
-use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_TUPLE, count};
+use crate::maps::{AGENT, NO_ACCEL, ORIG_BY_COOKIE, ORIG_BY_TUPLE, SOCKS, count};
 
 #[sock_ops]
 pub fn sk_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        match file_orig_dst(&ctx) {
-            Ok(true) => count(Counter::OrigDstFiled),
+    match ctx.op() {
+        // The Pod's end: its connect was steered to the agent.
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => match file_orig_dst(&ctx) {
+            Ok(true) => {
+                count(Counter::OrigDstFiled);
+                if accelerate(&ctx, tuple(&ctx)) {
+                    // Only the Pod's end can fall back (see sk_msg.rs); hear of its
+                    // close to forget that.
+                    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+                }
+            }
             Ok(false) => {}
             Err(why) => count(why),
+        },
+        // The agent's end: accepted on its listener.
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let own = tuple(&ctx);
+            if AGENT.get(0).is_some_and(|agent| agent.is_listener(&own.src)) {
+                accelerate(&ctx, own);
+            }
         }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            let _ = NO_ACCEL.remove(&tuple(&ctx));
+        }
+        _ => {}
     }
     1
 }
@@ -31,11 +56,33 @@ fn file_orig_dst(ctx: &SockOpsContext) -> Result<bool, Counter> {
         return Ok(false);
     };
     let _ = ORIG_BY_COOKIE.remove(&cookie);
+    ORIG_BY_TUPLE.insert(&tuple(ctx), &dst, 0).map_err(|_| Counter::OrigDstFileFailed)?;
+    Ok(true)
+}
+
+/// Puts this socket in the socket map under its own local → remote tuple, when the
+/// agent turned acceleration on; returns whether it did. It leaves the map by itself
+/// when it closes.
+#[inline(always)]
+fn accelerate(ctx: &SockOpsContext, mut own: FourTuple) -> bool {
+    if !AGENT.get(0).is_some_and(|agent| agent.accel()) {
+        return false;
+    }
+    // SAFETY: `ops` is the context pointer the kernel passed to this program.
+    let ops = unsafe { &mut *ctx.ops };
+    let inserted = SOCKS.update(&mut own, ops, u64::from(BPF_ANY)).is_ok();
+    count(if inserted { Counter::AccelInserted } else { Counter::AccelInsertFailed });
+    inserted
+}
+
+/// This socket's local → remote addresses.
+#[inline(always)]
+fn tuple(ctx: &SockOpsContext) -> FourTuple {
     let (local_port, remote_port) = (
         port::from_sock_ops_local(ctx.local_port()),
         port::from_sock_ops_remote(ctx.remote_port()),
     );
-    let tuple = if ctx.family() == u32::from(AF_INET) {
+    if ctx.family() == u32::from(AF_INET) {
         FourTuple {
             src: SockAddr::v4(ctx.local_ip4(), local_port),
             dst: SockAddr::v4(ctx.remote_ip4(), remote_port),
@@ -45,7 +92,5 @@ fn file_orig_dst(ctx: &SockOpsContext) -> Result<bool, Counter> {
             src: SockAddr::v6(ctx.local_ip6(), local_port),
             dst: SockAddr::v6(ctx.remote_ip6(), remote_port),
         }
-    };
-    ORIG_BY_TUPLE.insert(&tuple, &dst, 0).map_err(|_| Counter::OrigDstFileFailed)?;
-    Ok(true)
+    }
 }

@@ -28,6 +28,7 @@ pub struct RunOptions {
     pub cgroup: Option<PathBuf>,
     pub bpffs: PathBuf,
     pub kernel_debug_log: bool,
+    pub accel: bool,
 }
 
 /// Where services, endpoints and enrolled namespaces come from.
@@ -80,6 +81,7 @@ async fn run_with(
         listen4: config.listen,
         listen6: config.listen6,
         kernel_debug_log: options.kernel_debug_log,
+        accel: options.accel,
     })?);
 
     let result = serve(kernel.clone(), &discovery, listeners, admin_listener).await;

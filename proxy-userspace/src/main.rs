@@ -41,6 +41,11 @@ struct RunArgs {
     /// Directory on a bpf filesystem for the agent's pinned maps and links.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/sockeye")]
     bpffs: PathBuf,
+    /// Move bytes between enrolled Pods and the agent socket to socket (sockmap and
+    /// sk_msg), skipping the TCP/IP stack on that hop. Without kernel support the agent
+    /// says so and uses plain TCP.
+    #[arg(long, value_enum, default_value_t = Toggle::Off)]
+    accel: Toggle,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
     /// RUST_LOG, when set, takes precedence. At debug the kernel programs log too.
     #[arg(long, value_name = "FILTER", default_value = "info")]
@@ -48,6 +53,12 @@ struct RunArgs {
     /// Log lines for people (human) or one JSON object per line (json).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Toggle {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -76,7 +87,13 @@ fn main() -> ExitCode {
         (true, Some(node)) => Source::Kube { node, settings: args.config },
         (_, _) => Source::File(args.config.expect("clap requires --config without --kube")),
     };
-    let options = RunOptions { source, cgroup: args.cgroup, bpffs: args.bpffs, kernel_debug_log };
+    let options = RunOptions {
+        source,
+        cgroup: args.cgroup,
+        bpffs: args.bpffs,
+        kernel_debug_log,
+        accel: args.accel == Toggle::On,
+    };
     match runtime.block_on(agent::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

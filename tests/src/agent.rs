@@ -26,11 +26,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub(crate) fn start(sandbox: &Sandbox, config: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(sandbox: &Sandbox, config: &str, args: &[&str]) -> anyhow::Result<Self> {
         let path = sandbox.dir().join("agent.yaml");
         std::fs::write(&path, config)?;
         let mut command = Command::new(crate::binary("sockeye")?);
-        command.args(["run", "--config"]).arg(&path);
+        command.args(["run", "--config"]).arg(&path).args(args);
         Self::spawn(sandbox, command, path)
     }
 

@@ -14,6 +14,17 @@ pub fn counters(pin_dir: &Path) -> anyhow::Result<BTreeMap<&'static str, u64>> {
     Counter::ALL.iter().map(|c| Ok((c.name(), map.get(&(*c as u32), 0)?.iter().sum()))).collect()
 }
 
+/// How many sockets are in the acceleration map, and how many connections fell back.
+pub fn socket_map_entries(pin_dir: &Path) -> anyhow::Result<(usize, usize)> {
+    let path = pin_dir.join(map_names::SOCKS);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let socks = aya::maps::SockHash::<_, FourTuple>::try_from(Map::SockHash(data))?;
+    let path = pin_dir.join(map_names::NO_ACCEL);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let fallen = HashMap::<_, FourTuple, u8>::try_from(Map::LruHashMap(data))?;
+    Ok((socks.keys().count(), fallen.keys().count()))
+}
+
 /// How many original destinations are filed and not yet taken by the agent.
 pub fn pending_orig_dst(pin_dir: &Path) -> anyhow::Result<usize> {
     let path = pin_dir.join(map_names::ORIG_BY_TUPLE);

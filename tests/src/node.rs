@@ -203,7 +203,12 @@ impl Sandbox {
     /// Starts the agent in the node namespace and the test cgroup with `config`
     /// (YAML), and waits until it is ready.
     pub fn start_agent(&self, config: &str) -> anyhow::Result<Agent> {
-        Agent::start(self, config)
+        Agent::start(self, config, &[])
+    }
+
+    /// [`Sandbox::start_agent`] with more `sockeye run` flags (e.g. `--accel on`).
+    pub fn start_agent_with(&self, config: &str, args: &[&str]) -> anyhow::Result<Agent> {
+        Agent::start(self, config, args)
     }
 
     /// Starts the agent with `sockeye run --kube` against the API server that

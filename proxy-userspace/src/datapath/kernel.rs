@@ -12,9 +12,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SockOps,
+        CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -41,6 +41,8 @@ pub struct KernelOptions {
     pub listen6: Option<SocketAddr>,
     /// Let the kernel programs' debug log lines through (aya-log).
     pub kernel_debug_log: bool,
+    /// Move Pod↔agent bytes socket to socket (sockmap and sk_msg).
+    pub accel: bool,
 }
 
 pub struct Kernel {
@@ -88,11 +90,14 @@ impl Kernel {
             links.push(link.pin(&path).map_err(DatapathError::program(format!("pinning {name}")))?);
         }
 
+        let accel = options.accel && accelerate(&mut ebpf);
         let state = AgentState {
             heartbeat_ns: 0,
             max_age_ns: HEARTBEAT_MAX_AGE_NS,
             listen4: SockAddr::from(options.listen4),
             listen6: options.listen6.map(SockAddr::from).unwrap_or_default(),
+            flags: if accel { AgentState::ACCEL } else { 0 },
+            reserved: 0,
         };
         let kernel = Self {
             enrolled: Mutex::new(take_map(&mut ebpf, map_names::ENROLLED)?),
@@ -108,6 +113,7 @@ impl Kernel {
         info!(
             cgroup = %options.cgroup.display(),
             pins = %pin_dir.display(),
+            accel,
             "kernel programs attached in {:?}",
             started.elapsed()
         );
@@ -196,6 +202,37 @@ fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, Datapath
     let id = program.attach(cgroup, mode).map_err(DatapathError::program(name))?;
     let link = program.take_link(id).map_err(DatapathError::program(name))?;
     FdLink::try_from(link).map_err(DatapathError::program(name))
+}
+
+/// Attaches sk_msg to the socket map (for as long as the map lives). On a kernel
+/// without sockmap support it says so, and connections stay on plain TCP.
+fn accelerate(ebpf: &mut Ebpf) -> bool {
+    let attached = (|| -> Result<(), DatapathError> {
+        let socks: SockHash<_, FourTuple> = ebpf
+            .map(map_names::SOCKS)
+            .ok_or_else(|| DatapathError::Setup {
+                path: map_names::SOCKS.into(),
+                problem: "map missing from the object".into(),
+            })?
+            .try_into()
+            .map_err(DatapathError::map(map_names::SOCKS))?;
+        let fd = socks.fd().try_clone().map_err(DatapathError::io(map_names::SOCKS))?;
+        let program = ebpf.program_mut("sk_msg_redirect").ok_or_else(|| DatapathError::Setup {
+            path: "sk_msg_redirect".into(),
+            problem: "program missing from the object".into(),
+        })?;
+        let program: &mut SkMsg = program.try_into().map_err(DatapathError::program("sk_msg"))?;
+        program.load().map_err(DatapathError::program("verifying sk_msg"))?;
+        program.attach(&fd).map_err(DatapathError::program("sk_msg"))?;
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => true,
+        Err(err) => {
+            warn!("socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {err}");
+            false
+        }
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, DatapathError>

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measurements that compare sockeye with a baseline in the same
 //! run. Absolute numbers on a shared machine are noise; the ratios are the result.
 
+pub mod accel;
 pub mod grpc;
 pub mod peers;
 

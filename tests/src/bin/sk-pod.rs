@@ -18,6 +18,19 @@
 //!       Opens N connections to an echo backend and holds them until each ends; prints
 //!       `held N`, then a line per ended connection, `last ended at monotonic_ns=T`,
 //!       then `ended aborted=A eof=E`.
+//!   sk-pod tcp-mirror --port P
+//!       Sends back every byte it receives; closes its side after the client's.
+//!   sk-pod tcp-stream --to ADDR --connections N --bytes B --chunk C
+//!       Over N connections at once, sends B pseudo-random bytes each in writes of C
+//!       bytes, half-closes, and reads the mirrored bytes to EOF; prints one JSON line
+//!       {"connections","bytes_each_way","intact","elapsed_ms"} (intact: connections
+//!       whose bytes came back whole and equal).
+//!   sk-pod tcp-pingpong --to ADDR --connections N --duration-ms D --size S
+//!       Over N connections, sends S bytes and waits for them to come back, again and
+//!       again for D ms; prints {"round_trips","rate","p50_us","p99_us"}.
+//!   sk-pod tcp-connect --to ADDR --count N
+//!       Connects and closes N times in a row; prints {"count","failed","p50_us","p99_us"}
+//!       of the time connect() took.
 //!   sk-pod tcp-junk --to ADDR [--hold-ms H]
 //!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
 //!       close, silence) and holds them open.
@@ -69,9 +82,24 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         "tcp-hold" => hold(get("to")?.parse()?, get("count")?.parse()?),
+        "tcp-mirror" => mirror(get("port")?.parse()?),
+        "tcp-stream" => stream(
+            get("to")?.parse()?,
+            get("connections")?.parse()?,
+            get("bytes")?.parse()?,
+            get("chunk")?.parse()?,
+        ),
+        "tcp-pingpong" => pingpong(
+            get("to")?.parse()?,
+            get("connections")?.parse()?,
+            millis(&flags, "duration-ms", 5_000)?,
+            get("size")?.parse()?,
+        ),
+        "tcp-connect" => connects(get("to")?.parse()?, get("count")?.parse()?),
         "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
         _ => bail!(
-            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-hold | tcp-junk \
+            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-hold | tcp-mirror \
+             | tcp-stream | tcp-pingpong | tcp-connect | tcp-junk \
              (see the source header)"
         ),
     }
@@ -164,6 +192,184 @@ fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, Stri
         bail!("bad echo {echoed:?}");
     }
     Ok((backend.to_string(), peer.to_string()))
+}
+
+fn mirror(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    println!("mirror listening on {}", listener.local_addr()?);
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        std::thread::spawn(move || -> std::io::Result<()> {
+            std::io::copy(&mut stream.try_clone()?, &mut stream)?;
+            stream.shutdown(std::net::Shutdown::Write)
+        });
+    }
+    Ok(())
+}
+
+fn stream(to: SocketAddr, connections: usize, bytes: u64, chunk: usize) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let intact = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..connections)
+            .map(|i| scope.spawn(move || stream_one(to, i as u64, bytes, chunk)))
+            .collect();
+        runs.into_iter()
+            .map(|run| match run.join().expect("stream thread") {
+                Ok(intact) => intact,
+                Err(err) => {
+                    eprintln!("stream: {err:#}");
+                    false
+                }
+            })
+            .filter(|intact| *intact)
+            .count()
+    });
+    let report = serde_json::json!({
+        "connections": connections,
+        "bytes_each_way": bytes * connections as u64,
+        "intact": intact,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// One connection of `tcp-stream`: whether every byte came back, in order.
+fn stream_one(to: SocketAddr, seed: u64, bytes: u64, chunk: usize) -> anyhow::Result<bool> {
+    let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(2)).context("connect")?;
+    let mut reader = conn.try_clone()?;
+    let received = std::thread::spawn(move || -> std::io::Result<(u64, u64)> {
+        let (mut hash, mut len, mut buf) = (Fnv::default(), 0u64, vec![0u8; 256 * 1024]);
+        loop {
+            let n = match std::io::Read::read(&mut reader, &mut buf) {
+                Ok(n) => n,
+                // A socket in a sockmap may answer a blocking read with EAGAIN when it
+                // is woken by the peer's FIN (tcp_bpf_recvmsg); reading again gives EOF.
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Err(err),
+            };
+            if n == 0 {
+                return Ok((len, hash.0));
+            }
+            hash.add(&buf[..n]);
+            len += n as u64;
+        }
+    });
+    let (mut sent, mut rng, mut buf) =
+        (Fnv::default(), seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, vec![0u8; chunk]);
+    let mut left = bytes;
+    while left > 0 {
+        let n = chunk.min(left as usize);
+        for byte in &mut buf[..n] {
+            // xorshift64: cheap bytes that differ per connection.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            *byte = rng as u8;
+        }
+        conn.write_all(&buf[..n]).context("send")?;
+        sent.add(&buf[..n]);
+        left -= n as u64;
+    }
+    conn.shutdown(std::net::Shutdown::Write).context("half-close")?;
+    let (len, hash) = received.join().expect("reader thread").context("receive")?;
+    Ok(len == bytes && hash == sent.0)
+}
+
+fn pingpong(
+    to: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    size: usize,
+) -> anyhow::Result<()> {
+    let histogram = Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?);
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let runs: Vec<_> = (0..connections)
+            .map(|_| {
+                let histogram = &histogram;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+                    conn.set_nodelay(true)?;
+                    let (out, mut back) = (vec![7u8; size], vec![0u8; size]);
+                    let mut mine =
+                        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+                    while started.elapsed() < duration {
+                        let at = std::time::Instant::now();
+                        conn.write_all(&out)?;
+                        read_exact_retrying(&mut conn, &mut back)?;
+                        mine.saturating_record(at.elapsed().as_micros() as u64);
+                    }
+                    histogram.lock().unwrap().add(&mine)?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for run in runs {
+            run.join().expect("pingpong thread")?;
+        }
+        Ok(())
+    })?;
+    let h = histogram.into_inner().unwrap();
+    let report = serde_json::json!({
+        "round_trips": h.len(),
+        "rate": h.len() as f64 / started.elapsed().as_secs_f64(),
+        "p50_us": h.value_at_quantile(0.5),
+        "p99_us": h.value_at_quantile(0.99),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// `read_exact` that reads again after a spurious EAGAIN (see [`stream_one`]).
+fn read_exact_retrying(conn: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::io::Read::read(conn, buf) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn connects(to: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    let mut failed = 0;
+    for _ in 0..count {
+        let at = std::time::Instant::now();
+        match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+            Ok(conn) => {
+                h.saturating_record(at.elapsed().as_micros() as u64);
+                drop(conn);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let report = serde_json::json!({
+        "count": count, "failed": failed,
+        "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// FNV-1a, 64 bits: a checksum that notices reordered or changed bytes.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// Misbehaving clients: the HTTP/2 preface then garbage, the preface then a half close,

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use sandbox::bench;
 
 const USAGE: &str = "\
-sockeye-bench [grpc] [peers] [--rate N] [--seconds S] [--rounds R]
+sockeye-bench [grpc] [peers] [accel] [--rate N] [--seconds S] [--rounds R]
 
   grpc          gRPC unary from an enrolled Pod: direct to a backend Pod vs through the
                 agent to the same Pod; latency percentiles, agent CPU per 1k calls and
@@ -15,7 +15,10 @@ sockeye-bench [grpc] [peers] [--rate N] [--seconds S] [--rounds R]
   peers         the same load to a Service of three backends, side by side: direct to
                 one Pod, kube-proxy DNAT, sockeye, HAProxy and nginx; a markdown table
                 and a plot in results/
-                (no suite named: both)
+  accel         the Pod→agent hop with socket acceleration off and on (round trips of
+                100 bytes and 64 MiB streams over 8 connections, agent CPU), and connect
+                latency: direct, sockeye's connect steering, an iptables REDIRECT rule
+                (no suite named: all three)
   --rate N      calls per second in the latency rounds (default 1000)
   --seconds S   length of one latency round (default 5)
   --rounds R    latency rounds per path, interleaved (default 3)
@@ -36,13 +39,14 @@ fn run() -> anyhow::Result<()> {
         rounds: 3,
         ramp: vec![1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000],
     };
-    let (mut grpc, mut peers) = (false, false);
+    let (mut grpc, mut peers, mut accel) = (false, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match arg.as_str() {
             "grpc" => grpc = true,
             "peers" => peers = true,
+            "accel" => accel = true,
             "--rate" => options.rate = value("--rate")?.parse()?,
             "--seconds" => options.round = Duration::from_secs(value("--seconds")?.parse()?),
             "--rounds" => options.rounds = value("--rounds")?.parse()?,
@@ -53,8 +57,8 @@ fn run() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
-    if !grpc && !peers {
-        (grpc, peers) = (true, true);
+    if !grpc && !peers && !accel {
+        (grpc, peers, accel) = (true, true, true);
     }
     if grpc {
         let results = bench::grpc::run(&options)?;
@@ -76,6 +80,15 @@ fn run() -> anyhow::Result<()> {
         std::fs::write(dir.join("bench-peers.md"), &table)?;
         std::fs::write(dir.join("bench-peers.svg"), bench::peers::plot(&results, &options.ramp))?;
         println!("results saved to {} (and bench-peers.md, bench-peers.svg)", path.display());
+    }
+    if accel {
+        let accel_options = bench::accel::Options { round: options.round, connections: 8 };
+        let results = bench::accel::run(&accel_options)?;
+        let table = bench::accel::table(&results);
+        println!("\n== socket acceleration and connect steering ==\n\n{table}");
+        let path = bench::save("bench-accel", &results)?;
+        std::fs::write(path.with_extension("md"), &table)?;
+        println!("results saved to {} (and bench-accel.md)", path.display());
     }
     Ok(())
 }
