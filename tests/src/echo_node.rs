@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use crate::{Agent, Pod, Proc, Sandbox, ServiceSpec};
 
 pub const ECHO_PORT: u16 = 7000;
+/// Where [`EchoNode::mirror`] listens: a byte mirror (`sk-pod tcp-mirror`).
+pub const MIRROR_PORT: u16 = 7001;
 
 pub struct EchoNode {
     pub sandbox: Sandbox,
@@ -57,6 +59,17 @@ impl EchoNode {
 
     pub fn agent_config(&self, services: &[ServiceSpec]) -> String {
         self.sandbox.agent_config(&[self.client()], services)
+    }
+
+    /// Starts a byte mirror on `backend`'s [`MIRROR_PORT`], names it the only endpoint
+    /// of a tcp service at `vip`, and points the kube-proxy stand-in at that service.
+    pub fn mirror(&self, backend: &str, vip: &str) -> anyhow::Result<(ServiceSpec, Proc)> {
+        let pod = self.sandbox.pod(backend);
+        let mirror = pod.spawn(&["tcp-mirror", "--port", &MIRROR_PORT.to_string()])?;
+        mirror.wait_for_log("listening", std::time::Duration::from_secs(5))?;
+        let service = ServiceSpec::tcp("mirror", vip.parse()?, vec![pod.addr(MIRROR_PORT)]);
+        self.sandbox.set_kube_proxy(std::slice::from_ref(&service))?;
+        Ok((service, mirror))
     }
 
     /// Stops a backend's echo server: its port refuses connections from now on.

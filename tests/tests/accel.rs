@@ -6,23 +6,16 @@ use std::time::Duration;
 
 use sandbox::{EchoNode, ServiceSpec, kernel, wait_for};
 
-const MIRROR_PORT: u16 = 7001;
-
 struct Stream {
     intact: usize,
     bytes_each_way: u64,
     elapsed_ms: u64,
 }
 
-/// A node whose backend b1 mirrors bytes on [`MIRROR_PORT`], behind a tcp service.
+/// A node whose backend b1 mirrors bytes behind a tcp service.
 fn mirror_node() -> (EchoNode, ServiceSpec, sandbox::Proc) {
     let node = EchoNode::new(1).unwrap();
-    let b1 = node.sandbox.pod("b1");
-    let mirror = b1.spawn(&["tcp-mirror", "--port", &MIRROR_PORT.to_string()]).unwrap();
-    mirror.wait_for_log("listening", Duration::from_secs(5)).unwrap();
-    let service =
-        ServiceSpec::tcp("mirror", "10.96.0.11:7001".parse().unwrap(), vec![b1.addr(MIRROR_PORT)]);
-    node.sandbox.set_kube_proxy(std::slice::from_ref(&service)).unwrap();
+    let (service, mirror) = node.mirror("b1", "10.96.0.11:7001").unwrap();
     (node, service, mirror)
 }
 

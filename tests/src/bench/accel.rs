@@ -13,9 +13,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Usage, say};
-use crate::{EchoNode, ServiceSpec};
+use crate::{EchoNode, ServiceSpec, echo_node::MIRROR_PORT};
 
-const MIRROR_PORT: u16 = 7001;
 const VIP: &str = "10.96.0.11:7001";
 /// Not a VIP sockeye knows: connects to it are left to the REDIRECT rule.
 const REDIRECTED: &str = "10.96.0.12:7002";
@@ -74,11 +73,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
 
 fn mirror_node() -> anyhow::Result<(EchoNode, ServiceSpec, crate::Proc)> {
     let node = EchoNode::new(1)?;
-    let b1 = node.sandbox.pod("b1");
-    let mirror = b1.spawn(&["tcp-mirror", "--port", &MIRROR_PORT.to_string()])?;
-    mirror.wait_for_log("listening", Duration::from_secs(5))?;
-    let service = ServiceSpec::tcp("mirror", VIP.parse()?, vec![b1.addr(MIRROR_PORT)]);
-    node.sandbox.set_kube_proxy(std::slice::from_ref(&service))?;
+    let (service, mirror) = node.mirror("b1", VIP)?;
     Ok((node, service, mirror))
 }
 
