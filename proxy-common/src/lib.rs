@@ -39,6 +39,10 @@ pub mod map_names {
     /// Accelerated sockets whose messages take the TCP stack after all (sk_msg found
     /// no peer once): `FourTuple` (local → remote) → `u8` (1).
     pub const NO_ACCEL: &str = "SK_NO_ACCEL";
+    /// The agent's open listeners: `u32` slot ([`listener_slot`]) → listening socket.
+    /// The kernel drops a socket from the map when it closes, so a killed agent stops
+    /// being steered to at once, before its heartbeat goes stale.
+    pub const LISTENERS: &str = "SK_LISTENERS";
     /// Per-CPU `u64` counters indexed by [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "SK_COUNTERS";
 }
@@ -53,6 +57,13 @@ pub mod map_sizes {
     /// Two entries per accelerated connection.
     pub const SOCKS: u32 = 65536;
     pub const NO_ACCEL: u32 = 4096;
+    pub const LISTENERS: u32 = 2;
+}
+
+/// Slots of the listeners map.
+pub mod listener_slot {
+    pub const V4: u32 = 0;
+    pub const V6: u32 = 1;
 }
 
 // The kernel and userspace must agree on these layouts byte for byte.

@@ -12,6 +12,8 @@ pub struct Connect<'a> {
     pub enrolled: bool,
     /// The agent's state, if the agent ever wrote one.
     pub agent: Option<&'a AgentState>,
+    /// The agent's listener for the destination's family is an open socket.
+    pub listening: bool,
     pub now_ns: u64,
     /// The destination's family decides which listener to use.
     pub dst: SockAddr,
@@ -35,6 +37,10 @@ pub fn decide(c: Connect<'_>) -> Result<SockAddr, Counter> {
     let listener = if c.dst.is_v4() { agent.listen4 } else { agent.listen6 };
     if listener.family == 0 {
         return Err(Counter::SkipNoListener);
+    }
+    // A killed agent's listener is closed before its heartbeat is stale.
+    if !c.listening {
+        return Err(Counter::SkipAgentDead);
     }
     Ok(listener)
 }
@@ -65,6 +71,7 @@ mod tests {
             is_vip: true,
             enrolled: true,
             agent: Some(agent),
+            listening: true,
             now_ns: agent.heartbeat_ns + 1,
             dst: addr("10.96.0.10:50051"),
         }
@@ -94,6 +101,13 @@ mod tests {
         assert_eq!(decide(connect(&never)), Err(Counter::SkipAgentDead));
         // A heartbeat written after `now` was read (another CPU) is still fresh.
         assert!(decide(Connect { now_ns: a.heartbeat_ns - 5, ..connect(&a) }).is_ok());
+    }
+
+    #[test]
+    fn a_closed_listener_fails_open_despite_a_fresh_heartbeat() {
+        let a = agent();
+        let killed = Connect { listening: false, ..connect(&a) };
+        assert_eq!(decide(killed), Err(Counter::SkipAgentDead));
     }
 
     #[test]

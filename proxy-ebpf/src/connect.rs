@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    Counter, SockAddr,
+    Counter, SockAddr, listener_slot,
     steer::{Connect, decide},
 };
 
-use crate::maps::{AGENT, ENROLLED, ORIG_BY_COOKIE, VIPS, count};
+use crate::maps::{AGENT, ENROLLED, ORIG_BY_COOKIE, VIPS, count, listening};
 
 const IPPROTO_TCP: u32 = 6;
 
@@ -26,7 +26,16 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> 
     let is_vip = unsafe { VIPS.get(&dst) }.is_some();
     // Only look further for TCP connects to a VIP: most connects stop here.
     if !is_tcp || !is_vip {
-        return decide(Connect { is_tcp, is_vip, enrolled: false, agent: None, now_ns: 0, dst });
+        let skip = Connect {
+            is_tcp,
+            is_vip,
+            enrolled: false,
+            agent: None,
+            listening: false,
+            now_ns: 0,
+            dst,
+        };
+        return decide(skip);
     }
     // SAFETY: the helper takes the context pointer of a sock_addr program.
     let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
@@ -37,6 +46,7 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> 
         is_vip,
         enrolled,
         agent: AGENT.get(0),
+        listening: listening(if dst.is_v4() { listener_slot::V4 } else { listener_slot::V6 }),
         // SAFETY: no preconditions.
         now_ns: unsafe { bpf_ktime_get_ns() },
         dst,

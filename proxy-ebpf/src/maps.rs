@@ -1,8 +1,9 @@
 //! The maps shared with the agent, pinned by name under the agent's bpffs directory.
 
 use aya_ebpf::{
+    helpers::{bpf_map_lookup_elem, bpf_sk_release},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use proxy_common::{AgentState, Counter, FourTuple, SockAddr, map_sizes};
 
@@ -29,8 +30,25 @@ pub static SOCKS: SockHash<FourTuple> = SockHash::pinned(map_sizes::SOCKS, 0);
 #[map(name = "SK_NO_ACCEL")]
 pub static NO_ACCEL: LruHashMap<FourTuple, u8> = LruHashMap::pinned(map_sizes::NO_ACCEL, 0);
 
+#[map(name = "SK_LISTENERS")]
+pub static LISTENERS: SockMap = SockMap::pinned(map_sizes::LISTENERS, 0);
+
 #[map(name = "SK_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::SLOTS, 0);
+
+/// Whether the agent's listener in `slot` (see `listener_slot`) is an open socket.
+#[inline(always)]
+pub fn listening(slot: u32) -> bool {
+    let map = (&raw const LISTENERS).cast_mut().cast();
+    // SAFETY: `map` is a map the loader relocates, and the key is the map's `u32`.
+    let sk = unsafe { bpf_map_lookup_elem(map, (&raw const slot).cast()) };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: a socket-map lookup takes a reference on the socket; this gives it back.
+    unsafe { bpf_sk_release(sk) };
+    true
+}
 
 /// Adds one to `counter` on this CPU.
 #[inline(always)]

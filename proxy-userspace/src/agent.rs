@@ -1,7 +1,14 @@
 //! The agent: wires discovery, the datapath, the proxy and the admin endpoint
 //! together, keeps the kernel's view in step with discovery, and shuts down cleanly.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use proxy_common::agent::HEARTBEAT_INTERVAL_MS;
@@ -18,9 +25,11 @@ use crate::{
         static_file::{POLL_INTERVAL, StaticFile},
     },
     eviction,
+    handoff::{self, Listeners, Predecessor},
     metrics::Metrics,
     proxy::Proxy,
     state::State,
+    sys,
 };
 
 pub struct RunOptions {
@@ -65,12 +74,19 @@ async fn run_with(
     discovery: impl Discovery,
     config: Config,
 ) -> anyhow::Result<()> {
-    // Listen before the kernel steers anything here.
-    let mut listeners = vec![bind(config.listen, "listen").await?];
-    if let Some(listen6) = config.listen6 {
-        listeners.push(bind(listen6, "listen6").await?);
+    match sys::raise_nofile_limit() {
+        Ok(limit) => info!(limit, "open-file limit"),
+        Err(err) => warn!("cannot raise the open-file limit: {err}"),
     }
-    let admin_listener = bind(config.admin, "admin").await?;
+    // Listen before the kernel steers anything here, or take the running agent's
+    // listeners once ready.
+    let start = match Predecessor::find(&options.bpffs) {
+        Some(predecessor) => {
+            info!("another agent serves this node: taking over from it once ready");
+            Start::TakeOver(predecessor)
+        }
+        None => Start::Bound(Listeners::bind(&config.proxy_addrs(), config.admin).await?),
+    };
     let cgroup = match options.cgroup.clone() {
         Some(cgroup) => cgroup,
         None => datapath::cgroup2_root()?,
@@ -84,31 +100,61 @@ async fn run_with(
         accel: options.accel,
     })?);
 
-    let result = serve(kernel.clone(), &discovery, listeners, admin_listener).await;
+    let result = serve(kernel.clone(), &discovery, start, &config, &options.bpffs).await;
     let kernel = Arc::into_inner(kernel).expect("every task holding the datapath has ended");
-    kernel.shutdown().context("detaching the kernel programs")?;
-    result
+    match result {
+        Ok(Ending::HandedOff) => {
+            kernel.leave();
+            Ok(())
+        }
+        Ok(Ending::Stopped) => kernel.shutdown().context("detaching the kernel programs"),
+        Err(err) => {
+            kernel.shutdown().context("detaching the kernel programs")?;
+            Err(err)
+        }
+    }
+}
+
+/// How the agent gets its listeners.
+enum Start {
+    Bound(Listeners),
+    TakeOver(Predecessor),
+}
+
+/// Why the agent stopped serving.
+enum Ending {
+    /// SIGTERM or SIGINT: the kernel forgets sockeye.
+    Stopped,
+    /// A successor took the listeners and adopts the kernel programs.
+    HandedOff,
 }
 
 async fn serve(
     kernel: Arc<Kernel>,
     discovery: &impl Discovery,
-    listeners: Vec<TcpListener>,
-    admin_listener: TcpListener,
-) -> anyhow::Result<()> {
+    start: Start,
+    config: &Config,
+    pin_dir: &Path,
+) -> anyhow::Result<Ending> {
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(State::default());
     let metrics = Metrics::new(kernel.clone(), state.clone());
     let mut tasks = JoinSet::new();
-    let admin = Admin {
+    let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         state: state.clone(),
         datapath: kernel.clone(),
-    };
-    tasks.spawn(admin::serve(admin_listener, Arc::new(admin)));
+    });
     tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
     tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), metrics.clone()));
+    let (bound, predecessor) = match start {
+        Start::Bound(listeners) => (Some(listeners), None),
+        Start::TakeOver(predecessor) => (None, Some(predecessor)),
+    };
+    // The admin endpoint answers (not ready) while discovery syncs; a predecessor
+    // answers for the node until the take-over.
+    let bound = bound.map(|listeners| serve_admin(&mut tasks, &admin, listeners));
 
     let mut desired = discovery.watch();
     info!("waiting for discovery");
@@ -116,20 +162,37 @@ async fn serve(
         () = discovery.synced() => {}
         signal = shutdown_signal() => {
             tasks.shutdown().await;
-            return signal.map_err(Into::into);
+            return signal.map(|()| Ending::Stopped).map_err(Into::into);
         }
     }
     let first = desired.borrow_and_update().clone();
     apply(&first, kernel.as_ref(), &state).context("applying the config")?;
     kernel.beat()?;
+    tasks.spawn(heartbeat(kernel.clone()));
+
+    let (listeners, offered) = match (bound, predecessor) {
+        (Some(bound), _) => bound,
+        (None, Some(predecessor)) => {
+            let listeners = match predecessor.take().await {
+                Ok(listeners) => listeners,
+                Err(err) => {
+                    warn!("{err:#}; binding the listeners afresh");
+                    Listeners::bind(&config.proxy_addrs(), config.admin).await?
+                }
+            };
+            serve_admin(&mut tasks, &admin, listeners)
+        }
+        (None, None) => unreachable!("the agent either bound its listeners or has a predecessor"),
+    };
+    kernel.publish_listeners(&listeners)?;
     readiness.set(true);
     info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
-    tasks.spawn(heartbeat(kernel.clone()));
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let proxy = Proxy::new(kernel.clone(), state.clone(), stopping, metrics.clone());
+    let mut accepting = JoinSet::new();
     for listener in listeners {
-        tasks.spawn(proxy.clone().serve(listener));
+        accepting.spawn(proxy.clone().serve(listener));
     }
     let datapath = kernel.clone();
     tasks.spawn(async move {
@@ -141,14 +204,48 @@ async fn serve(
         }
     });
 
-    shutdown_signal().await?;
+    let ending = tokio::select! {
+        signal = shutdown_signal() => signal.map(|()| Ending::Stopped)?,
+        () = offer(pin_dir, offered) => Ending::HandedOff,
+    };
     readiness.set(false);
+    if let Ending::HandedOff = ending {
+        // The successor accepts from here on, on the same sockets.
+        accepting.shutdown().await;
+    }
     // HTTP/2 clients get GOAWAY; their calls in flight finish before the agent goes.
     let _ = stop.send(true);
     let open = proxy.wait_idle(SHUTDOWN_GRACE).await;
     info!(open, "shutting down");
+    accepting.shutdown().await;
     tasks.shutdown().await;
-    Ok(())
+    Ok(ending)
+}
+
+/// Starts the admin endpoint; returns the proxy's listeners and second descriptors of
+/// all of them, to offer to a successor.
+fn serve_admin(
+    tasks: &mut JoinSet<()>,
+    admin: &Arc<Admin>,
+    listeners: Listeners,
+) -> (Vec<TcpListener>, Vec<OwnedFd>) {
+    let offered = listeners.duplicate().unwrap_or_else(|err| {
+        warn!("no hand-off possible, cannot duplicate the listeners: {err}");
+        Vec::new()
+    });
+    tasks.spawn(admin::serve(listeners.admin, admin.clone()));
+    (listeners.proxy, offered)
+}
+
+/// Waits for a successor to take `fds`; waits forever when none can.
+async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>) {
+    if fds.is_empty() {
+        return std::future::pending().await;
+    }
+    if let Err(err) = handoff::offer(pin_dir, fds).await {
+        warn!("{err:#}; a successor will start afresh");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Makes the datapath and the services match `desired`.
@@ -197,16 +294,6 @@ async fn heartbeat(datapath: Arc<dyn Datapath>) {
             warn!("heartbeat failed, the kernel will stop steering soon: {err}");
         }
     }
-}
-
-async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "cannot listen on {field} {addr}; if the address is missing on this node, \
-             add it (for example `ip addr add {}/32 dev lo`)",
-            addr.ip()
-        )
-    })
 }
 
 async fn shutdown_signal() -> Result<(), DatapathError> {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod discovery;
 pub mod eviction;
+pub mod handoff;
 pub mod health;
 pub mod metrics;
 pub mod outlier;

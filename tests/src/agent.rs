@@ -31,7 +31,26 @@ impl Agent {
         std::fs::write(&path, config)?;
         let mut command = Command::new(crate::binary("sockeye")?);
         command.args(["run", "--config"]).arg(&path).args(args);
-        Self::spawn(sandbox, command, path)
+        let agent = Self::spawn(sandbox, "agent", command, path)?;
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// Starts another agent process, `name`, on the same node and pin directory as a
+    /// running or killed one, and waits until it serves: a running agent hands it the
+    /// listeners first.
+    pub(crate) fn start_successor(
+        sandbox: &Sandbox,
+        name: &str,
+        config: &str,
+    ) -> anyhow::Result<Self> {
+        let path = sandbox.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, config)?;
+        let mut command = Command::new(crate::binary("sockeye")?);
+        command.args(["run", "--config"]).arg(&path);
+        let agent = Self::spawn(sandbox, name, command, path)?;
+        agent.proc.wait_for_log("sockeye is ready", Duration::from_secs(20))?;
+        Ok(agent)
     }
 
     /// Starts the agent with `--kube` against the API server `kubeconfig` names, as
@@ -51,26 +70,31 @@ impl Agent {
             .arg(&path)
             .env("KUBECONFIG", &kubeconfig_path)
             .env("NODE_NAME", node);
-        Self::spawn(sandbox, command, path)
+        let agent = Self::spawn(sandbox, "agent", command, path)?;
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
     }
 
-    fn spawn(sandbox: &Sandbox, mut command: Command, path: PathBuf) -> anyhow::Result<Self> {
+    fn spawn(
+        sandbox: &Sandbox,
+        name: &str,
+        mut command: Command,
+        path: PathBuf,
+    ) -> anyhow::Result<Self> {
         command
             .arg("--cgroup")
             .arg(sandbox.cgroup())
             .arg("--bpffs")
             .arg(sandbox.pin_dir())
             .args(["--log-level", "debug"]);
-        let proc = sandbox.spawn_in_node("agent", command)?;
-        let agent = Self {
+        let proc = sandbox.spawn_in_node(name, command)?;
+        Ok(Self {
             proc,
             config: path,
             pin_dir: sandbox.pin_dir().into(),
             // A second handle on the node namespace, for admin requests.
             node: crate::Netns::borrowed(sandbox.node().name()),
-        };
-        agent.wait_ready(Duration::from_secs(20))?;
-        Ok(agent)
+        })
     }
 
     /// Waits until `/readyz` answers 200.
@@ -85,6 +109,12 @@ impl Agent {
     /// GET on the admin endpoint (inside the node namespace): status and body.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
         self.node.run(|| http_get(ADMIN.parse().expect("valid"), path))?
+    }
+
+    /// The value of one `/metrics` series, as written there (name and labels).
+    pub fn metric(&self, series: &str) -> anyhow::Result<Option<f64>> {
+        let (_, metrics) = self.admin_get("/metrics")?;
+        Ok(metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()))
     }
 
     /// Replaces the config file; the agent reloads it within its poll interval.

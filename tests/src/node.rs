@@ -211,6 +211,12 @@ impl Sandbox {
         Agent::start(self, config, args)
     }
 
+    /// Starts another agent process, `name`, with `config`, beside a running agent (it
+    /// takes over) or after a killed one (it adopts the pins); waits until it serves.
+    pub fn start_successor(&self, name: &str, config: &str) -> anyhow::Result<Agent> {
+        Agent::start_successor(self, name, config)
+    }
+
     /// Starts the agent with `sockeye run --kube` against the API server that
     /// `kubeconfig` names, as node `node`, and waits until it is ready.
     pub fn start_agent_kube(&self, kubeconfig: &str, node: &str) -> anyhow::Result<Agent> {

@@ -1,7 +1,7 @@
 //! cgroup/connect4: which IPv4 connects are steered into the agent, and fail open.
 //! Needs root: each test builds a sandbox node.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sandbox::{EchoNode, node::NODE_IP4};
 
@@ -62,7 +62,7 @@ fn an_enrolled_connect_to_an_address_that_is_not_a_vip_is_left_alone() {
 }
 
 #[test]
-fn after_the_agent_is_killed_connects_fail_open_to_dnat_within_two_seconds() {
+fn after_the_agent_is_killed_the_very_next_connect_fails_open_to_dnat() {
     let node = EchoNode::new(2).unwrap();
     let echo = node.service("echo", VIP, &["b1", "b2"]);
     let mut agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
@@ -71,19 +71,13 @@ fn after_the_agent_is_killed_connects_fail_open_to_dnat_within_two_seconds() {
 
     agent.proc().signal(libc::SIGKILL).unwrap();
     agent.proc_mut().wait(Duration::from_secs(5)).unwrap();
-    let killed = Instant::now();
-    // The programs stay attached through their pinned links; only the heartbeat stops.
+    // The programs stay attached through their pinned links and the heartbeat is still
+    // fresh, but the listener closed with the process: no connect goes to the dead port.
     assert!(node.sandbox.pin_dir().join("link_sk_connect4").exists());
     let client_ip = node.client().ip4.to_string();
-    let recovered = sandbox::wait_for("a connect through DNAT", Duration::from_secs(5), || {
-        let report = node.client().probe(echo.vip, 1, 1).ok()?;
-        (report.only_peer() == Some(client_ip.as_str())).then(|| killed.elapsed())
-    })
-    .unwrap();
-    println!("fail open: first DNAT connect succeeded {recovered:?} after SIGKILL");
-    assert!(recovered <= Duration::from_secs(2), "took {recovered:?}");
-    let after = node.client().probe(echo.vip, 10, 2).unwrap();
-    assert_eq!(after.failed, 0, "{after:?}");
+    let first = node.client().probe(echo.vip, 20, 1).unwrap();
+    assert_eq!(first.failed, 0, "{first:?}");
+    assert_eq!(first.only_peer(), Some(client_ip.as_str()), "{first:?}");
     let counters = sandbox::kernel::counters(node.sandbox.pin_dir()).unwrap();
-    assert!(counters["skip_agent_dead"] >= 10, "{counters:?}");
+    assert!(counters["skip_agent_dead"] >= 20, "{counters:?}");
 }

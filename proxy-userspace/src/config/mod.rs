@@ -116,6 +116,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The proxy's listen addresses: IPv4, then IPv6 if set.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        [Some(self.listen), self.listen6].into_iter().flatten().collect()
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)

@@ -1,5 +1,6 @@
 //! The real datapath: sockeye's programs loaded into the kernel, attached to a cgroup
-//! through pinned links, and their maps pinned under one bpffs directory.
+//! through pinned links, and their maps pinned under one bpffs directory, where the
+//! next agent (after a crash or an upgrade) adopts them.
 
 use std::{
     collections::BTreeSet,
@@ -12,15 +13,17 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, SockHash},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, SockHash, SockMap},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use proxy_common::{
-    AgentState, Counter, FourTuple, SockAddr, agent::HEARTBEAT_MAX_AGE_NS, map_names,
+    AgentState, Counter, FourTuple, SockAddr, agent::HEARTBEAT_MAX_AGE_NS, listener_slot,
+    map_names, map_sizes,
 };
+use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{Datapath, DatapathError, mounts::require_bpffs};
@@ -55,19 +58,20 @@ pub struct Kernel {
     agent: Mutex<Array<MapData, AgentState>>,
     orig_dst: Mutex<HashMap<MapData, FourTuple, SockAddr>>,
     counters: PerCpuArray<MapData, u64>,
+    listeners: Mutex<SockMap<MapData>>,
 }
 
 impl Kernel {
     /// Loads and attaches the programs. Steering starts only with the first [`beat`].
     ///
+    /// What a previous agent left pinned is adopted: its maps (services, enrolled
+    /// namespaces, original destinations of connections not yet accepted) are reused,
+    /// and its programs are replaced by this build's without a moment unattached.
+    ///
     /// [`beat`]: Datapath::beat
     pub fn load(options: &KernelOptions) -> Result<Self, DatapathError> {
         prepare_pin_dir(&options.pin_dir)?;
-        Self::load_pinned(options).inspect_err(|_| {
-            // Leave nothing attached or pinned behind a failed start.
-            let _ = remove_pins(&options.pin_dir);
-            let _ = std::fs::remove_dir(&options.pin_dir);
-        })
+        Self::load_pinned(options)
     }
 
     fn load_pinned(options: &KernelOptions) -> Result<Self, DatapathError> {
@@ -86,8 +90,7 @@ impl Kernel {
         let mut links = Vec::new();
         for name in PROGRAMS {
             let link = attach(&mut ebpf, name, &cgroup)?;
-            let path = pin_dir.join(format!("link_{name}"));
-            links.push(link.pin(&path).map_err(DatapathError::program(format!("pinning {name}")))?);
+            links.push(replace_pinned_link(link, &pin_dir.join(format!("link_{name}")))?);
         }
 
         let accel = options.accel && accelerate(&mut ebpf);
@@ -105,6 +108,7 @@ impl Kernel {
             agent: Mutex::new(take_map(&mut ebpf, map_names::AGENT)?),
             orig_dst: Mutex::new(take_map(&mut ebpf, map_names::ORIG_BY_TUPLE)?),
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
+            listeners: Mutex::new(take_map(&mut ebpf, map_names::LISTENERS)?),
             ebpf,
             links,
             pin_dir: pin_dir.clone(),
@@ -120,6 +124,19 @@ impl Kernel {
         Ok(kernel)
     }
 
+    /// Tells the kernel which sockets are the agent's listeners. Connects are steered
+    /// only while the listener of their family is open, so the moment this process
+    /// dies (its sockets close) Pods take the DNAT path again.
+    pub fn publish_listeners(&self, listeners: &[TcpListener]) -> Result<(), DatapathError> {
+        let mut map = self.listeners.lock().unwrap();
+        for listener in listeners {
+            let addr = listener.local_addr().map_err(DatapathError::io(map_names::LISTENERS))?;
+            let slot = if addr.is_ipv4() { listener_slot::V4 } else { listener_slot::V6 };
+            map.set(slot, listener, 0).map_err(DatapathError::map(map_names::LISTENERS))?;
+        }
+        Ok(())
+    }
+
     /// Detaches the programs and removes every pin: the kernel forgets sockeye.
     pub fn shutdown(self) -> Result<(), DatapathError> {
         let Self { links, pin_dir, ebpf, .. } = self;
@@ -132,6 +149,11 @@ impl Kernel {
         std::fs::remove_dir(&pin_dir).map_err(DatapathError::io(&pin_dir))?;
         info!(pins = %pin_dir.display(), "kernel programs detached and unpinned");
         Ok(())
+    }
+
+    /// Leaves programs and maps pinned for the successor that adopted them.
+    pub fn leave(self) {
+        info!(pins = %self.pin_dir.display(), "kernel programs and maps left to the successor");
     }
 }
 
@@ -263,18 +285,63 @@ fn reconcile<K: aya::Pod + Ord>(
     Ok(())
 }
 
-/// Creates the pin directory, removing what a crashed agent left there: its pinned
-/// links would keep stale programs attached.
+/// Creates the pin directory, or finds what a previous agent left there. A pinned map
+/// whose shape differs from this build's (an upgrade that changed it) is removed, to
+/// be made anew; the others are reused as they are.
 fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     let parent = dir.parent().unwrap_or(dir);
     require_bpffs(parent)?;
-    if dir.exists() {
-        let removed = remove_pins(dir)?;
-        if removed > 0 {
-            warn!(pins = %dir.display(), removed, "removed pins a previous agent left behind");
+    std::fs::create_dir_all(dir).map_err(DatapathError::io(dir))?;
+    let mut adopted = 0;
+    for (name, shape) in map_shapes() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(DatapathError::map(name))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found == shape {
+            adopted += 1;
+        } else {
+            warn!(map = name, ?found, expected = ?shape, "pinned map has another shape; made anew");
+            std::fs::remove_file(&path).map_err(DatapathError::io(&path))?;
         }
     }
-    std::fs::create_dir_all(dir).map_err(DatapathError::io(dir))
+    if adopted > 0 {
+        info!(pins = %dir.display(), maps = adopted, "adopting the maps a previous agent pinned");
+    }
+    Ok(())
+}
+
+/// Key size, value size and capacity of each pinned map, as this build defines them.
+fn map_shapes() -> [(&'static str, (u32, u32, u32)); 9] {
+    const fn size<T>() -> u32 {
+        std::mem::size_of::<T>() as u32
+    }
+    use map_sizes as n;
+    [
+        (map_names::ENROLLED, (size::<u64>(), size::<u8>(), n::ENROLLED)),
+        (map_names::VIPS, (size::<SockAddr>(), size::<u8>(), n::VIPS)),
+        (map_names::AGENT, (size::<u32>(), size::<AgentState>(), 1)),
+        (map_names::ORIG_BY_COOKIE, (size::<u64>(), size::<SockAddr>(), n::ORIG_BY_COOKIE)),
+        (map_names::ORIG_BY_TUPLE, (size::<FourTuple>(), size::<SockAddr>(), n::ORIG_BY_TUPLE)),
+        (map_names::SOCKS, (size::<FourTuple>(), size::<u32>(), n::SOCKS)),
+        (map_names::NO_ACCEL, (size::<FourTuple>(), size::<u8>(), n::NO_ACCEL)),
+        (map_names::LISTENERS, (size::<u32>(), size::<u32>(), n::LISTENERS)),
+        (map_names::COUNTERS, (size::<u32>(), size::<u64>(), Counter::SLOTS)),
+    ]
+}
+
+/// Pins `link` at `path`, where a previous agent's link to the same program may be:
+/// the new program is attached before the old one is detached, so every connect meets
+/// at least one of them.
+fn replace_pinned_link(link: FdLink, path: &Path) -> Result<PinnedLink, DatapathError> {
+    if path.exists() {
+        let old = PinnedLink::from_pin(path).map_err(DatapathError::program("adopting a link"))?;
+        // Dropping the unpinned link detaches the old program (once its agent exits).
+        drop(old.unpin().map_err(DatapathError::io(path))?);
+    }
+    link.pin(path).map_err(DatapathError::program(format!("pinning {}", path.display())))
 }
 
 fn remove_pins(dir: &Path) -> Result<usize, DatapathError> {

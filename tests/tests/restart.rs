@@ -1,0 +1,69 @@
+//! The agent replaced under gRPC load from an enrolled Pod: killed and restarted (the
+//! successor adopts the pinned programs and maps), or upgraded in place (the running
+//! agent hands its listeners to the successor and drains).
+
+use std::time::Duration;
+
+use sandbox::{GrpcNode, grpc_node::finish_load, serial, wait_for};
+
+const REQUESTS: &str = "sockeye_requests_total{service=\"greeter\",protocol=\"grpc\"}";
+
+fn wait_for_calls(node: &mut GrpcNode, name: &str, calls: u64) {
+    wait_for(&format!("{calls} calls on {name}"), Duration::from_secs(10), || {
+        (node.calls(name).ok()? >= calls).then_some(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_killed_agent_fails_open_and_a_new_one_adopts_its_pins() {
+    let _serial = serial();
+    let mut node = GrpcNode::new(2).unwrap();
+    let service = node.service(&["b1", "b2"], "");
+    let mut old = node.start_agent(&service).unwrap();
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    let load = node.start_load(service.vip, 200, Duration::from_secs(4)).unwrap();
+    wait_for_calls(&mut node, "b1", 50);
+
+    old.proc().signal(libc::SIGKILL).unwrap();
+    old.proc_mut().wait(Duration::from_secs(5)).unwrap();
+    let steered_at_kill = sandbox::kernel::counters(node.sandbox.pin_dir()).unwrap()["steered"];
+    let new = node.sandbox.start_successor("agent-2", &node.config(&service)).unwrap();
+    assert!(new.log().contains("adopting the maps a previous agent pinned"), "{}", new.log());
+
+    let report = finish_load(load).unwrap();
+    println!("load across SIGKILL and restart: {report:?}");
+    // The calls in flight on the killed agent's connection die with it; the client's
+    // reconnect goes straight to a backend (DNAT) while no agent listens.
+    assert!(report.failed <= 2, "{report:?}");
+    // A client connecting now is steered to the new agent, and served.
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    let counters = sandbox::kernel::counters(node.sandbox.pin_dir()).unwrap();
+    assert!(counters["steered"] > steered_at_kill, "{counters:?}");
+    assert!(new.metric(REQUESTS).unwrap().unwrap_or(0.0) > 0.0, "{}", new.log());
+}
+
+#[test]
+fn an_upgrade_hands_the_listeners_over_and_fails_no_call() {
+    let _serial = serial();
+    let mut node = GrpcNode::new(2).unwrap();
+    let service = node.service(&["b1", "b2"], "");
+    let mut old = node.start_agent(&service).unwrap();
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    let load = node.start_load(service.vip, 400, Duration::from_secs(4)).unwrap();
+    wait_for_calls(&mut node, "b1", 100);
+
+    let new = node.sandbox.start_successor("agent-2", &node.config(&service)).unwrap();
+    assert!(new.log().contains("took the listeners over"), "{}", new.log());
+    // The old agent sends GOAWAY, lets its calls finish and exits, leaving the pins.
+    assert_eq!(old.proc_mut().wait(Duration::from_secs(10)).unwrap(), Some(0), "{}", old.log());
+    assert!(old.log().contains("left to the successor"), "{}", old.log());
+    assert!(node.sandbox.pin_dir().join("link_sk_connect4").exists());
+
+    let report = finish_load(load).unwrap();
+    println!("load across the hand-off: {report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    // The client reconnected after GOAWAY, through the same listening socket, to the
+    // new agent.
+    assert!(new.metric(REQUESTS).unwrap().unwrap_or(0.0) > 0.0, "{}", new.log());
+}
