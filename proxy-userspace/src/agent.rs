@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub source: Source,
     pub cgroup: Option<PathBuf>,
     pub bpffs: PathBuf,
+    /// The admin endpoint's address, instead of the config's.
+    pub admin: Option<SocketAddr>,
     pub kernel_debug_log: bool,
     pub accel: bool,
 }
@@ -72,8 +74,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 async fn run_with(
     options: &RunOptions,
     discovery: impl Discovery,
-    config: Config,
+    mut config: Config,
 ) -> anyhow::Result<()> {
+    config.admin = options.admin.unwrap_or(config.admin);
     match sys::raise_nofile_limit() {
         Ok(limit) => info!(limit, "open-file limit"),
         Err(err) => warn!("cannot raise the open-file limit: {err}"),

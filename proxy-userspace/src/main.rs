@@ -38,6 +38,11 @@ struct RunArgs {
     /// root found in /proc/mounts].
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
+    /// Address of the read-only admin endpoint (/healthz, /readyz, /metrics,
+    /// /debug/state): loopback or this node's IP, never 0.0.0.0. Overrides the
+    /// config's `admin` [default: 127.0.0.1:15090].
+    #[arg(long, value_name = "ADDR", value_parser = admin_addr)]
+    admin: Option<std::net::SocketAddr>,
     /// Directory on a bpf filesystem for the agent's pinned maps and links.
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/sockeye")]
     bpffs: PathBuf,
@@ -53,6 +58,12 @@ struct RunArgs {
     /// Log lines for people (human) or one JSON object per line (json).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+}
+
+fn admin_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let addr = text.parse().map_err(|err| format!("{err} (expected IP:PORT)"))?;
+    sockeye::config::check_admin(addr)?;
+    Ok(addr)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +102,7 @@ fn main() -> ExitCode {
         source,
         cgroup: args.cgroup,
         bpffs: args.bpffs,
+        admin: args.admin,
         kernel_debug_log,
         accel: args.accel == Toggle::On,
     };

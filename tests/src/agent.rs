@@ -36,18 +36,18 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Starts another agent process, `name`, on the same node and pin directory as a
-    /// running or killed one, and waits until it serves: a running agent hands it the
-    /// listeners first.
-    pub(crate) fn start_successor(
+    /// Starts an agent process named `name` and waits until its log says it serves
+    /// (a running agent hands it the listeners first; a killed one left its pins).
+    pub(crate) fn start_named(
         sandbox: &Sandbox,
         name: &str,
         config: &str,
+        args: &[&str],
     ) -> anyhow::Result<Self> {
         let path = sandbox.dir().join(format!("{name}.yaml"));
         std::fs::write(&path, config)?;
         let mut command = Command::new(crate::binary("sockeye")?);
-        command.args(["run", "--config"]).arg(&path);
+        command.args(["run", "--config"]).arg(&path).args(args);
         let agent = Self::spawn(sandbox, name, command, path)?;
         agent.proc.wait_for_log("sockeye is ready", Duration::from_secs(20))?;
         Ok(agent)

@@ -106,6 +106,13 @@ impl GrpcNode {
         self.sandbox.agent_config(&[self.client()], std::slice::from_ref(service))
     }
 
+    /// Waits until backend `name` has answered `calls` calls.
+    pub fn wait_for_calls(&mut self, name: &str, calls: u64) -> anyhow::Result<()> {
+        crate::wait_for(&format!("{calls} calls on {name}"), Duration::from_secs(10), || {
+            (self.calls(name).ok()? >= calls).then_some(())
+        })
+    }
+
     /// Points the kube-proxy stand-in at `service` and starts the agent with the client
     /// enrolled.
     pub fn start_agent(&self, service: &ServiceSpec) -> anyhow::Result<Agent> {

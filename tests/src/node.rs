@@ -211,10 +211,16 @@ impl Sandbox {
         Agent::start(self, config, args)
     }
 
-    /// Starts another agent process, `name`, with `config`, beside a running agent (it
-    /// takes over) or after a killed one (it adopts the pins); waits until it serves.
-    pub fn start_successor(&self, name: &str, config: &str) -> anyhow::Result<Agent> {
-        Agent::start_successor(self, name, config)
+    /// Starts an agent process named `name` (its log file) with `config` and `args`,
+    /// beside a running agent (it takes over) or after a killed one (it adopts the
+    /// pins); waits until it serves.
+    pub fn start_agent_named(
+        &self,
+        name: &str,
+        config: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        Agent::start_named(self, name, config, args)
     }
 
     /// Starts the agent with `sockeye run --kube` against the API server that

@@ -1,7 +1,12 @@
 //! The admin endpoint of a running agent: `/metrics` carries the kernel's counters and
 //! the endpoints' states, `/debug/state` the services as the agent sees them.
 
-use sandbox::EchoNode;
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+};
+
+use sandbox::{ADMIN, EchoNode, http_get, node::NODE_IP4};
 
 #[test]
 fn metrics_and_debug_state_report_the_running_agent() {
@@ -42,4 +47,40 @@ fn metrics_and_debug_state_report_the_running_agent() {
         .collect();
     assert_eq!(states, ["ready", "ready"], "{state}");
     assert_eq!(state["kernel_counters"]["steered"], 5, "{state}");
+}
+
+#[test]
+fn the_admin_endpoint_binds_where_the_flag_says_and_is_read_only() {
+    let node = EchoNode::new(1).unwrap();
+    let echo = node.service("echo", "10.96.0.10:7000", &["b1"]);
+    let on_node_ip = SocketAddr::from((NODE_IP4, 15091));
+    let flag = on_node_ip.to_string();
+    let _agent = node
+        .sandbox
+        .start_agent_named("agent", &node.agent_config(&[echo]), &["--admin", &flag])
+        .unwrap();
+
+    // Reachable on the node's IP from a Pod; nothing on the config's loopback address.
+    let (status, _) =
+        node.outsider().netns().run(|| http_get(on_node_ip, "/readyz")).unwrap().unwrap();
+    assert_eq!(status, 200);
+    let loopback = node.sandbox.node().run(|| http_get(ADMIN.parse().unwrap(), "/readyz")).unwrap();
+    assert!(loopback.is_err(), "{loopback:?}");
+
+    // Nothing can be changed through it.
+    for method in ["POST", "PUT", "DELETE"] {
+        let response = node
+            .outsider()
+            .netns()
+            .run(|| -> std::io::Result<String> {
+                let mut stream = TcpStream::connect(on_node_ip)?;
+                write!(stream, "{method} /debug/state HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            })
+            .unwrap()
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.0 405"), "{method}: {response}");
+    }
 }

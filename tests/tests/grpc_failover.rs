@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sandbox::{GrpcNode, grpc_node::finish_load, serial, wait_for};
+use sandbox::{GrpcNode, grpc_node::finish_load, serial};
 
 /// A frozen backend holds a try until this timeout, then the call goes elsewhere:
 /// retrying a try that timed out is opt-in (field report 3).
@@ -31,18 +31,11 @@ fn node_with_load(
     (node, agent, load)
 }
 
-fn wait_for_calls(node: &mut GrpcNode, name: &str, calls: u64) {
-    wait_for(&format!("{calls} calls on {name}"), Duration::from_secs(10), || {
-        (node.calls(name).ok()? >= calls).then_some(())
-    })
-    .unwrap();
-}
-
 #[test]
 fn a_backend_closed_abruptly_mid_load_fails_no_call() {
     let _serial = serial();
     let (mut node, _agent, load) = node_with_load("", 400, 4);
-    wait_for_calls(&mut node, "b1", 100);
+    node.wait_for_calls("b1", 100).unwrap();
     node.kill_backend("b1");
 
     let report = finish_load(load).unwrap();
@@ -55,7 +48,7 @@ fn a_backend_closed_abruptly_mid_load_fails_no_call() {
 fn a_frozen_backend_fails_no_call() {
     let _serial = serial();
     let (mut node, _agent, load) = node_with_load(FAST_RETRY, 200, 6);
-    wait_for_calls(&mut node, "b1", 50);
+    node.wait_for_calls("b1", 50).unwrap();
     // Stopped: the kernel still accepts for it, but nothing answers and nothing resets.
     node.backend("b1").signal(libc::SIGSTOP).unwrap();
 
@@ -88,7 +81,7 @@ fn calls_in_flight_on_a_drained_endpoint_are_retried_at_the_drain_deadline() {
         .client()
         .start_grpc_load_with(vip, 50, Duration::from_secs(3), &["--timeout-ms", "8000"])
         .unwrap();
-    wait_for_calls(&mut node, "b1", before + 1);
+    node.wait_for_calls("b1", before + 1).unwrap();
     agent.write_config(&node.config(&node.service(&["b2"], policy))).unwrap();
 
     let report = finish_load(load).unwrap();
@@ -98,4 +91,52 @@ fn calls_in_flight_on_a_drained_endpoint_are_retried_at_the_drain_deadline() {
     // Calls caught on b1 were retried at the drain deadline, not left for b1's 4 s.
     assert!(report.latency_us.max < 3_000_000, "{report:?}");
     println!("the slowest call took {} ms", report.latency_us.max / 1000);
+}
+
+/// nft in a backend's namespace answers every packet to the gRPC port with a TCP reset.
+const RESET_RULES: &str = "table inet sk_fault {\n  chain input {\n    type filter hook input \
+                           priority 0;\n    tcp dport 50051 reject with tcp reset\n  }\n}\n";
+
+#[test]
+fn a_backend_resetting_its_connections_mid_response_fails_no_call() {
+    let _serial = serial();
+    let (mut node, _agent, load) = node_with_load(FAST_RETRY, 300, 5);
+    node.wait_for_calls("b1", 50).unwrap();
+    // Slow answers, so calls are in flight on b1's connection when the resets start.
+    node.backend("b1").send("delay 100").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let b1 = sandbox::Netns::borrowed(node.sandbox.pod("b1").netns().name());
+    b1.exec("nft", &["-f", "-"], RESET_RULES).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    b1.exec("nft", &["delete", "table", "inet", "sk_fault"], "").unwrap();
+    node.backend("b1").send("delay 0").unwrap();
+
+    let report = finish_load(load).unwrap();
+    println!("resets mid-response: {report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+/// Drops a fifth of the packets b1 sends, at random (this kernel has no netem qdisc).
+const LOSS_RULES: &str = "table inet sk_fault {\n  chain output {\n    type filter hook output \
+                          priority 0;\n    numgen random mod 100 < 20 drop\n  }\n}\n";
+
+#[test]
+fn packet_loss_on_a_backends_link_fails_no_call() {
+    let _serial = serial();
+    let (mut node, _agent, load) = node_with_load(FAST_RETRY, 200, 6);
+    node.wait_for_calls("b1", 50).unwrap();
+    let b1 = sandbox::Netns::borrowed(node.sandbox.pod("b1").netns().name());
+    b1.exec("nft", &["-f", "-"], LOSS_RULES).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    b1.exec("nft", &["delete", "table", "inet", "sk_fault"], "").unwrap();
+
+    let report = finish_load(load).unwrap();
+    println!(
+        "20% loss on b1's link for 3 s: {} calls, {} failed, p99 {} ms, max {} ms",
+        report.sent,
+        report.failed,
+        report.latency_us.p99 / 1000,
+        report.latency_us.max / 1000
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
 }

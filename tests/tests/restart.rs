@@ -4,16 +4,9 @@
 
 use std::time::Duration;
 
-use sandbox::{GrpcNode, grpc_node::finish_load, serial, wait_for};
+use sandbox::{GrpcNode, grpc_node::finish_load, serial};
 
 const REQUESTS: &str = "sockeye_requests_total{service=\"greeter\",protocol=\"grpc\"}";
-
-fn wait_for_calls(node: &mut GrpcNode, name: &str, calls: u64) {
-    wait_for(&format!("{calls} calls on {name}"), Duration::from_secs(10), || {
-        (node.calls(name).ok()? >= calls).then_some(())
-    })
-    .unwrap();
-}
 
 #[test]
 fn a_killed_agent_fails_open_and_a_new_one_adopts_its_pins() {
@@ -23,12 +16,12 @@ fn a_killed_agent_fails_open_and_a_new_one_adopts_its_pins() {
     let mut old = node.start_agent(&service).unwrap();
     node.wait_in_rotation(&["b1", "b2"]).unwrap();
     let load = node.start_load(service.vip, 200, Duration::from_secs(4)).unwrap();
-    wait_for_calls(&mut node, "b1", 50);
+    node.wait_for_calls("b1", 50).unwrap();
 
     old.proc().signal(libc::SIGKILL).unwrap();
     old.proc_mut().wait(Duration::from_secs(5)).unwrap();
     let steered_at_kill = sandbox::kernel::counters(node.sandbox.pin_dir()).unwrap()["steered"];
-    let new = node.sandbox.start_successor("agent-2", &node.config(&service)).unwrap();
+    let new = node.sandbox.start_agent_named("agent-2", &node.config(&service), &[]).unwrap();
     assert!(new.log().contains("adopting the maps a previous agent pinned"), "{}", new.log());
 
     let report = finish_load(load).unwrap();
@@ -51,9 +44,9 @@ fn an_upgrade_hands_the_listeners_over_and_fails_no_call() {
     let mut old = node.start_agent(&service).unwrap();
     node.wait_in_rotation(&["b1", "b2"]).unwrap();
     let load = node.start_load(service.vip, 400, Duration::from_secs(4)).unwrap();
-    wait_for_calls(&mut node, "b1", 100);
+    node.wait_for_calls("b1", 100).unwrap();
 
-    let new = node.sandbox.start_successor("agent-2", &node.config(&service)).unwrap();
+    let new = node.sandbox.start_agent_named("agent-2", &node.config(&service), &[]).unwrap();
     assert!(new.log().contains("took the listeners over"), "{}", new.log());
     // The old agent sends GOAWAY, lets its calls finish and exits, leaving the pins.
     assert_eq!(old.proc_mut().wait(Duration::from_secs(10)).unwrap(), Some(0), "{}", old.log());

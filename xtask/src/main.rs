@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks. Every task that builds or runs sockeye first
 //! runs `setup`, so a fresh machine needs nothing but Rust and root.
 
+mod fuzz;
 mod run;
 mod setup;
 
@@ -15,6 +16,7 @@ tasks:
   test [args]    setup, build, then run every test; args go to `cargo test`
   demo [args]    setup, build (release), then run the sandbox demo; `demo --help` lists args
   bench [args]   setup, build (release), then run the benchmarks; `bench --help` lists args
+  fuzz [args]    setup, then run the cargo-fuzz targets (nightly); `fuzz --help` lists args
   help           this text
 
 Needs root (eBPF, network namespaces, cgroups) and Debian's apt for missing packages.";
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         "test" => setup::run().and_then(|()| run::test(&rest)),
         "demo" => setup::run().and_then(|()| run::demo(&rest)),
         "bench" => setup::run().and_then(|()| run::bench(&rest)),
+        "fuzz" => setup::run().and_then(|()| fuzz::fuzz(&rest)),
         "help" | "--help" | "-h" => {
             println!("{HELP}");
             return ExitCode::SUCCESS;

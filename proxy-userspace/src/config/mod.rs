@@ -15,6 +15,7 @@ use std::{
 use serde::Deserialize;
 
 pub use policy::{Policy, RetryOn};
+pub use validate::check_admin;
 
 /// Where redirected connections arrive unless the file says otherwise.
 pub const DEFAULT_LISTEN: &str = "169.254.77.1:15001";

@@ -1,11 +1,26 @@
 //! Checks a parsed config for what serde cannot see: families, duplicates, ports.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddr};
 
 use super::Config;
 
 /// A field path (`services[1].vip`) and what is wrong with it.
 pub type Problem = (String, String);
+
+/// The admin endpoint binds to one address (loopback or the node's IP), never to every
+/// interface, and needs a port.
+pub fn check_admin(admin: SocketAddr) -> Result<(), String> {
+    if admin.ip().is_unspecified() {
+        return Err(format!(
+            "{admin} would expose the admin endpoint on every interface; use 127.0.0.1 or \
+             this node's IP"
+        ));
+    }
+    if admin.port() == 0 {
+        return Err(format!("{admin} needs a port"));
+    }
+    Ok(())
+}
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), Problem> {
@@ -20,6 +35,9 @@ impl Config {
             && (!listen6.is_ipv6() || listen6.port() == 0)
         {
             return problem("listen6", format!("{listen6} must be an IPv6 address with a port"));
+        }
+        if let Err(why) = check_admin(self.admin) {
+            return problem("admin", why);
         }
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
@@ -101,6 +119,14 @@ mod tests {
         assert_eq!(config.services[0].endpoints.len(), 2);
         assert_eq!(config.services[0].timeout.drain, std::time::Duration::from_secs(10));
         assert_eq!(parse("{}").unwrap().services.len(), 0);
+    }
+
+    #[test]
+    fn the_admin_endpoint_never_binds_every_interface() {
+        assert!(problem("admin: 0.0.0.0:15090").contains("admin: 0.0.0.0:15090 would expose"));
+        assert!(problem("admin: '[::]:15090'").contains("would expose"));
+        assert!(problem("admin: 127.0.0.1:0").contains("needs a port"));
+        assert_eq!(parse("admin: 10.0.0.5:15090").unwrap().admin.to_string(), "10.0.0.5:15090");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn classify(bytes: &[u8]) -> Option<Protocol> {
     }
     let token = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
     match bytes.get(token) {
-        Some(b' ') if token > 0 => Some(Protocol::Http1),
+        Some(b' ') if token > 0 && token < METHOD_MAX => Some(Protocol::Http1),
         None if token < METHOD_MAX => None,
         _ => Some(Protocol::Opaque),
     }
@@ -111,6 +111,20 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
 
     use super::*;
+
+    /// Found by `cargo xtask fuzz sniff`: a 9-letter word and a space was HTTP/1 when
+    /// it all came at once, but opaque when its first 8 bytes came alone.
+    #[test]
+    fn a_decision_on_a_prefix_holds_when_more_bytes_come() {
+        let input = b"PRSSSIGMH P* ";
+        let whole = classify(input);
+        assert_eq!(whole, Some(Protocol::Opaque), "longer than any method");
+        for cut in 0..input.len() {
+            if let Some(early) = classify(&input[..cut]) {
+                assert_eq!(Some(early), whole, "after {cut} bytes");
+            }
+        }
+    }
 
     #[test]
     fn classifies_prefixes_of_each_protocol() {

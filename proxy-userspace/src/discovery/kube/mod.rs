@@ -8,7 +8,7 @@
 //! skipped with a log line instead of failing its whole list.
 
 mod netns;
-mod objects;
+pub mod objects;
 mod snapshot;
 
 use std::{path::PathBuf, pin::Pin, sync::Arc, time::Duration};
