@@ -192,7 +192,7 @@ async fn serve(
     info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let proxy = Proxy::new(kernel.clone(), state.clone(), stopping, metrics.clone());
+    let proxy = Proxy::new(kernel.clone(), state.clone(), stopping, metrics.clone(), config.limits);
     let mut accepting = JoinSet::new();
     for listener in listeners {
         accepting.spawn(proxy.clone().serve(listener));

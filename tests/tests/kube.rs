@@ -1,8 +1,8 @@
 //! `sockeye run --kube` against a stand-in API server that speaks the real list/watch
 //! protocol: namespace opt-in enrolls this node's Pods (and only those), EndpointSlices
 //! drive the endpoints' lifecycle, a terminated Pod's direct connections are destroyed,
-//! odd objects are skipped, and the API server going away and coming back loses
-//! nothing.
+//! odd objects are skipped, and the API server going away and coming back (once, or
+//! flapping) loses nothing.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -246,5 +246,44 @@ fn odd_objects_are_skipped_and_the_api_server_going_away_loses_nothing() {
     wait_backends(client, &["b2"]);
     let lists_after = api.requests().iter().filter(|r| !r.contains("watch=")).count();
     assert!(lists_after > lists_before, "relisted after 410 Gone");
+    assert!(steered(client));
+}
+
+#[test]
+fn a_flapping_api_server_fails_no_connection_and_changes_still_arrive() {
+    let _serial = sandbox::serial();
+    let node = EchoNode::new(2).unwrap();
+    let mut api = start_api(&node);
+    let client = node.client();
+    let _pause = client.start_pause(&uid(client)).unwrap();
+    let (b1, b2) = (node.sandbox.pod("b1"), node.sandbox.pod("b2"));
+    api.apply(namespace("shop", true)).unwrap();
+    api.apply(pod(client, "shop", NODE)).unwrap();
+    api.apply(echo_service()).unwrap();
+    api.apply(echo_slice(&[(b1, ready()), (b2, ready())])).unwrap();
+    let _agent = start_agent(&node, &api);
+    wait_backends(client, &["b1", "b2"]);
+
+    let vip = VIP.parse().unwrap();
+    let (mut connections, mut failed) = (0, 0);
+    for _ in 0..5 {
+        api.stop();
+        let away = client.probe(vip, 40, 4).unwrap();
+        let listener = node.sandbox.node().run(|| std::net::TcpListener::bind(api.addr()));
+        api.restart(listener.unwrap().unwrap()).unwrap();
+        let back = client.probe(vip, 40, 4).unwrap();
+        connections += away.ok + away.failed + back.ok + back.failed;
+        failed += away.failed + back.failed;
+    }
+    // After the flapping, a change still reaches the agent.
+    api.apply(echo_slice(&[(b2, ready())])).unwrap();
+    let changed = std::time::Instant::now();
+    wait_backends(client, &["b2"]);
+    println!(
+        "API server down and up 5 times: {connections} connections, {failed} failed; a \
+         change after it took effect in {:?}",
+        changed.elapsed()
+    );
+    assert_eq!(failed, 0);
     assert!(steered(client));
 }

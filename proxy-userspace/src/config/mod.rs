@@ -34,9 +34,29 @@ pub struct Config {
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
     #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
     pub enroll: Enroll,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+}
+
+/// Caps on connections: past them a new connection is refused (reset) and counted in
+/// `sockeye_connection_limit_hits_total`. Read at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Downstream connections served at once, over all services.
+    pub max_connections: usize,
+    /// Opaque-TCP connections to one endpoint at once; a new connection goes to
+    /// another endpoint, or is refused when every endpoint is at its cap.
+    pub max_connections_per_endpoint: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 100_000, max_connections_per_endpoint: 10_000 }
+    }
 }
 
 /// Network namespaces whose connects to service VIPs are steered to the agent.
@@ -153,6 +173,7 @@ impl Config {
             listen: default_listen(),
             listen6: None,
             admin: default_admin(),
+            limits: Limits::default(),
             enroll: Enroll::default(),
             services: Vec::new(),
         }

@@ -39,6 +39,12 @@ impl Config {
         if let Err(why) = check_admin(self.admin) {
             return problem("admin", why);
         }
+        if self.limits.max_connections == 0 {
+            return problem("limits.max_connections", "must be at least 1".into());
+        }
+        if self.limits.max_connections_per_endpoint == 0 {
+            return problem("limits.max_connections_per_endpoint", "must be at least 1".into());
+        }
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
@@ -127,6 +133,19 @@ mod tests {
         assert!(problem("admin: '[::]:15090'").contains("would expose"));
         assert!(problem("admin: 127.0.0.1:0").contains("needs a port"));
         assert_eq!(parse("admin: 10.0.0.5:15090").unwrap().admin.to_string(), "10.0.0.5:15090");
+    }
+
+    #[test]
+    fn connection_limits_have_safe_defaults_and_refuse_zero() {
+        let limits = parse("{}").unwrap().limits;
+        assert_eq!(
+            (limits.max_connections, limits.max_connections_per_endpoint),
+            (100_000, 10_000)
+        );
+        let set = parse("limits:\n  max_connections: 5\n").unwrap().limits;
+        assert_eq!((set.max_connections, set.max_connections_per_endpoint), (5, 10_000));
+        assert!(problem("limits:\n  max_connections: 0\n").contains("limits.max_connections"));
+        assert!(problem("limits:\n  max_connection: 5\n").contains("unknown field"));
     }
 
     #[test]

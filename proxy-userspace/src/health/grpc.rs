@@ -76,7 +76,23 @@ async fn watch_until_end(
     }
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
-    while let Some(Ok(frame)) = body.frame().await {
+    // Watch speaks only on change, so a status that holds is counted again each
+    // interval: a backend back to SERVING passes `healthy_threshold` checks in a row.
+    let mut last = None;
+    let mut ticker = tokio::time::interval(pause(policy));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.reset();
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = ticker.tick() => {
+                if last == Some(Check::Pass) && results.send((addr, Check::Pass)).is_err() {
+                    return Watched::Stopped;
+                }
+                continue;
+            }
+        };
+        let Some(Ok(frame)) = frame else { return Watched::Ended };
         if let Some(trailers) = frame.trailers_ref() {
             return if grpc_status(trailers) == Some(UNIMPLEMENTED) {
                 Watched::Unimplemented
@@ -88,13 +104,13 @@ async fn watch_until_end(
             buffer.extend_from_slice(&data);
             while let Some(status) = next_status(&mut buffer) {
                 let check = if status == SERVING { Check::Pass } else { Check::FailNow };
+                last = Some(check);
                 if results.send((addr, check)).is_err() {
                     return Watched::Stopped;
                 }
             }
         }
     }
-    Watched::Ended
 }
 
 async fn check_once(sender: &mut SendRequest<Full<Bytes>>, policy: &HealthPolicy) -> Check {

@@ -78,6 +78,13 @@ pub struct ProtocolLabel {
     pub protocol: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `global` (`limits.max_connections`) or `endpoint`
+    /// (`limits.max_connections_per_endpoint`).
+    pub limit: &'static str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

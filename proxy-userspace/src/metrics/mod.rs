@@ -22,8 +22,8 @@ use crate::{
 };
 pub use labels::OTHER;
 use labels::{
-    ProtocolLabel, ServiceCode, ServiceLabel, ServiceNames, ServiceProtocol, ServiceReason,
-    ServiceState,
+    LimitLabel, ProtocolLabel, ServiceCode, ServiceLabel, ServiceNames, ServiceProtocol,
+    ServiceReason, ServiceState,
 };
 
 /// Services with a label value of their own; the rest are counted as `other`.
@@ -47,6 +47,7 @@ pub struct Metrics {
     ejections: Family<ServiceLabel, Counter>,
     evictions: Family<ServiceLabel, Counter>,
     connections: Family<ProtocolLabel, Gauge>,
+    limit_hits: Family<LimitLabel, Counter>,
     latency: Family<ServiceLabel, Histogram>,
 }
 
@@ -65,6 +66,7 @@ impl Metrics {
             ejections: Family::default(),
             evictions: Family::default(),
             connections: Family::default(),
+            limit_hits: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             names: names.clone(),
             registry: Registry::default(),
@@ -110,6 +112,11 @@ impl Metrics {
             "active_connections",
             "Downstream connections open, by protocol",
             metrics.connections.clone(),
+        );
+        r.register(
+            "connection_limit_hits",
+            "Connections refused or sent elsewhere because a connection cap was reached",
+            metrics.limit_hits.clone(),
         );
         r.register_with_unit(
             "request_duration",
@@ -174,6 +181,11 @@ impl Metrics {
     pub fn evicted(&self, service: &str, sockets: usize) {
         let labels = ServiceLabel { service: self.service(service) };
         self.evictions.get_or_create(&labels).inc_by(sockets as u64);
+    }
+
+    /// Counts a connection refused (`global`) or sent elsewhere (`endpoint`) at a cap.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.get_or_create(&LimitLabel { limit }).inc();
     }
 
     /// Counts a downstream connection as open until the guard drops.

@@ -28,7 +28,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    config::Protocol,
+    config::{Limits, Protocol},
     datapath::{Datapath, DatapathError},
     metrics::Metrics,
     state::{Service, State},
@@ -45,6 +45,7 @@ pub struct Proxy {
     balancers: Mutex<HashMap<SocketAddr, Arc<Balancer>>>,
     shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    limits: Limits,
     /// Downstream connections being served.
     active: Arc<AtomicUsize>,
 }
@@ -56,6 +57,8 @@ pub enum Refusal {
     NotRedirected,
     #[error("original destination {0} is not a known service")]
     UnknownService(SocketAddr),
+    #[error("{0} connections are open, the limit (limits.max_connections)")]
+    AtLimit(usize),
     #[error("cannot read the connection's addresses: {0}")]
     Socket(#[from] std::io::Error),
     #[error(transparent)]
@@ -70,6 +73,7 @@ impl Proxy {
         state: Arc<State>,
         shutdown: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Self {
             datapath,
@@ -77,6 +81,7 @@ impl Proxy {
             balancers: Mutex::default(),
             shutdown,
             metrics,
+            limits,
             active: Arc::default(),
         })
     }
@@ -124,11 +129,18 @@ impl Proxy {
         }
     }
 
-    /// The service the kernel steered this connection to.
+    /// The service the kernel steered this connection to, if the agent may serve one
+    /// more connection.
     pub fn route(&self, stream: &TcpStream, client: SocketAddr) -> Result<Arc<Service>, Refusal> {
         let local = stream.local_addr()?;
         let dst = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
-        self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))
+        let service = self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))?;
+        let open = self.active.load(Ordering::Relaxed);
+        if open >= self.limits.max_connections {
+            self.metrics.limit_hit("global");
+            return Err(Refusal::AtLimit(open));
+        }
+        Ok(service)
     }
 
     /// The balancer of `service`, made anew when the service was replaced.
@@ -139,7 +151,9 @@ impl Proxy {
         let metrics = &self.metrics;
         balancers
             .entry(service.vip)
-            .or_insert_with(|| Balancer::new(service, metrics.clone()))
+            .or_insert_with(|| {
+                Balancer::new(service, metrics.clone(), self.limits.max_connections_per_endpoint)
+            })
             .clone()
     }
 }
@@ -204,7 +218,13 @@ mod tests {
         }]);
         let recorder = Arc::new(Recorder::default());
         let metrics = Metrics::new(recorder.clone(), state.clone());
-        let proxy = Proxy::new(recorder.clone(), state, watch::channel(false).1, metrics);
+        let proxy = Proxy::new(
+            recorder.clone(),
+            state,
+            watch::channel(false).1,
+            metrics,
+            Limits::default(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));
@@ -297,7 +317,13 @@ mod tests {
         changes.wait_for(|set| set.ready.len() == 2).await.unwrap();
         let recorder = Arc::new(Recorder::default());
         let metrics = Metrics::new(recorder.clone(), state.clone());
-        let proxy = Proxy::new(recorder.clone(), state, watch::channel(false).1, metrics);
+        let proxy = Proxy::new(
+            recorder.clone(),
+            state,
+            watch::channel(false).1,
+            metrics,
+            Limits::default(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));

@@ -65,6 +65,8 @@ pub struct Endpoint {
 pub struct Load {
     /// Requests sent and not yet answered.
     pub outstanding: AtomicU32,
+    /// Opaque-TCP connections open to the endpoint.
+    pub connections: AtomicU32,
     /// Peak-EWMA of response latency, in nanoseconds (see `balance::pewma`).
     pub latency_ns: AtomicU64,
     /// When `latency_ns` was last updated, in nanoseconds since the process started.

@@ -29,17 +29,20 @@ pub struct Balancer {
     pub metrics: Arc<Metrics>,
     pub select: Box<dyn Select>,
     pub budget: Mutex<RetryBudget>,
+    /// Opaque-TCP connections allowed to one endpoint at once.
+    pub connection_cap: u32,
     upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
 }
 
 impl Balancer {
     /// A balancer for `service`, with a task that follows its endpoints' lifecycle.
-    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(service: Arc<Service>, metrics: Arc<Metrics>, connection_cap: u32) -> Arc<Self> {
         let retry = service.policy().retry.clone();
         let balancer = Arc::new(Self {
             service,
             metrics,
             select: Box::new(P2c),
+            connection_cap,
             budget: Mutex::new(RetryBudget::new(
                 retry.budget_percent,
                 retry.min_retries_per_second,

@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod grpc;
+pub mod load;
 pub mod peers;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

@@ -31,6 +31,9 @@
 //!   sk-pod tcp-connect --to ADDR --count N
 //!       Connects and closes N times in a row; prints {"count","failed","p50_us","p99_us"}
 //!       of the time connect() took.
+//!   sk-pod tcp-idle --to ADDR --count N --hold-ms H
+//!       Opens N connections that never send, holds them H ms, then prints
+//!       {"opened","still_open"}: how many the far side had not closed.
 //!   sk-pod tcp-junk --to ADDR [--hold-ms H]
 //!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
 //!       close, silence) and holds them open.
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
     let flags = flags(args)?;
+    sandbox::raise_nofile_limit().context("raising the open-file limit")?;
     let get = |name: &str| flags.get(name).with_context(|| format!("--{name} is required"));
     match command.as_str() {
         "tcp-echo" => echo(get("port")?.parse()?, get("name")?),
@@ -96,6 +100,9 @@ fn main() -> anyhow::Result<()> {
             get("size")?.parse()?,
         ),
         "tcp-connect" => connects(get("to")?.parse()?, get("count")?.parse()?),
+        "tcp-idle" => {
+            idle(get("to")?.parse()?, get("count")?.parse()?, millis(&flags, "hold-ms", 0)?)
+        }
         "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
         _ => bail!(
             "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-hold | tcp-mirror \
@@ -391,6 +398,34 @@ fn junk(to: SocketAddr, hold: Duration) -> anyhow::Result<()> {
 }
 
 /// Holds `count` connections open until the peer or the kernel ends each.
+fn idle(to: SocketAddr, count: usize, hold: Duration) -> anyhow::Result<()> {
+    let streams = (0..count)
+        .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("connect")?;
+    eprintln!("opened {count}");
+    std::thread::sleep(hold);
+    let still_open = streams.iter().filter(|stream| is_open(stream)).count();
+    println!("{}", serde_json::json!({ "opened": count, "still_open": still_open }));
+    Ok(())
+}
+
+/// Reads what the far side sent (a server may greet first) without blocking: the
+/// connection is open if no end of stream or error follows.
+fn is_open(mut stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => return false,
+            Ok(_) => continue,
+            Err(err) => return err.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
 fn hold(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     let streams = (0..count)
         .map(|_| TcpStream::connect_timeout(&to, Duration::from_secs(2)))

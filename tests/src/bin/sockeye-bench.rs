@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use sandbox::bench;
 
 const USAGE: &str = "\
-sockeye-bench [grpc] [peers] [accel] [--rate N] [--seconds S] [--rounds R]
+sockeye-bench [grpc] [peers] [accel] [load] [--rate N] [--seconds S] [--rounds R]
 
   grpc          gRPC unary from an enrolled Pod: direct to a backend Pod vs through the
                 agent to the same Pod; latency percentiles, agent CPU per 1k calls and
@@ -18,7 +18,9 @@ sockeye-bench [grpc] [peers] [accel] [--rate N] [--seconds S] [--rounds R]
   accel         the Pod→agent hop with socket acceleration off and on (round trips of
                 100 bytes and 64 MiB streams over 8 connections, agent CPU), and connect
                 latency: direct, sockeye's connect steering, an iptables REDIRECT rule
-                (no suite named: all three)
+                (no suite named: these three)
+  load          10,000 idle connections through the agent beside 5,000 gRPC calls/s
+                for 60 s: failures, idle connections kept, agent RSS (run it by name)
   --rate N      calls per second in the latency rounds (default 1000)
   --seconds S   length of one latency round (default 5)
   --rounds R    latency rounds per path, interleaved (default 3)
@@ -39,7 +41,7 @@ fn run() -> anyhow::Result<()> {
         rounds: 3,
         ramp: vec![1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000],
     };
-    let (mut grpc, mut peers, mut accel) = (false, false, false);
+    let (mut grpc, mut peers, mut accel, mut load) = (false, false, false, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -47,6 +49,7 @@ fn run() -> anyhow::Result<()> {
             "grpc" => grpc = true,
             "peers" => peers = true,
             "accel" => accel = true,
+            "load" => load = true,
             "--rate" => options.rate = value("--rate")?.parse()?,
             "--seconds" => options.round = Duration::from_secs(value("--seconds")?.parse()?),
             "--rounds" => options.rounds = value("--rounds")?.parse()?,
@@ -57,7 +60,7 @@ fn run() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
-    if !grpc && !peers && !accel {
+    if !grpc && !peers && !accel && !load {
         (grpc, peers, accel) = (true, true, true);
     }
     if grpc {
@@ -89,6 +92,16 @@ fn run() -> anyhow::Result<()> {
         let path = bench::save("bench-accel", &results)?;
         std::fs::write(path.with_extension("md"), &table)?;
         println!("results saved to {} (and bench-accel.md)", path.display());
+    }
+    if load {
+        let scale =
+            bench::load::Scale { idle: 10_000, rate: 5_000, duration: Duration::from_secs(60) };
+        let outcome = bench::load::run(scale)?;
+        let table = bench::load::table(&outcome);
+        println!("\n== idle connections beside steady load ==\n\n{table}");
+        let path = bench::save("bench-load", &outcome)?;
+        std::fs::write(path.with_extension("md"), &table)?;
+        println!("results saved to {} (and bench-load.md)", path.display());
     }
     Ok(())
 }
