@@ -52,6 +52,8 @@ pub enum Source {
 
 /// How long a shutdown waits for downstream connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a stopping agent serves on while a connected successor gets ready.
+const HANDOFF_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
@@ -77,10 +79,7 @@ async fn run_with(
     mut config: Config,
 ) -> anyhow::Result<()> {
     config.admin = options.admin.unwrap_or(config.admin);
-    match sys::raise_nofile_limit() {
-        Ok(limit) => info!(limit, "open-file limit"),
-        Err(err) => warn!("cannot raise the open-file limit: {err}"),
-    }
+    fit_open_files(&mut config);
     // Listen before the kernel steers anything here, or take the running agent's
     // listeners once ready.
     let start = match Predecessor::find(&options.bpffs) {
@@ -116,6 +115,33 @@ async fn run_with(
             Err(err)
         }
     }
+}
+
+/// Descriptors kept aside from proxied connections: listeners, health checks, HTTP/2
+/// upstreams, maps, the admin endpoint.
+const SPARE_FILES: u64 = 1024;
+/// The open-file limit the agent asks for: a proxied connection takes two.
+const WANTED_FILES: u64 = 1 << 20;
+
+/// Raises the open-file limit, and lowers `limits.max_connections` to what the limit
+/// holds, so that past it connections are refused and counted rather than stalling
+/// every accept on EMFILE.
+fn fit_open_files(config: &mut Config) {
+    let limit = match sys::raise_nofile_limit(WANTED_FILES) {
+        Ok(limit) => limit,
+        Err(err) => return warn!("cannot read or raise the open-file limit: {err}"),
+    };
+    let fits = (limit.saturating_sub(SPARE_FILES) / 2).max(1) as usize;
+    if config.limits.max_connections > fits {
+        warn!(
+            open_files = limit,
+            "limits.max_connections {} does not fit the open-file limit: serving at most {fits} \
+             connections; raise the limit (ulimit -n, LimitNOFILE, CAP_SYS_RESOURCE) for more",
+            config.limits.max_connections
+        );
+        config.limits.max_connections = fits;
+    }
+    info!(open_files = limit, max_connections = config.limits.max_connections, "limits");
 }
 
 /// How the agent gets its listeners.
@@ -207,9 +233,26 @@ async fn serve(
         }
     });
 
+    let (waiting, mut successor) = tokio::sync::watch::channel(false);
+    let offer = offer(pin_dir, offered, &waiting);
+    tokio::pin!(offer);
     let ending = tokio::select! {
-        signal = shutdown_signal() => signal.map(|()| Ending::Stopped)?,
-        () = offer(pin_dir, offered) => Ending::HandedOff,
+        signal = shutdown_signal() => {
+            signal?;
+            // An upgrade (a DaemonSet with maxSurge): the successor started first and
+            // takes over once ready; leaving now would refuse connects meanwhile.
+            if *successor.borrow() {
+                info!("a successor is getting ready: serving until it takes over");
+                tokio::select! {
+                    () = &mut offer => Ending::HandedOff,
+                    _ = successor.wait_for(|waiting| !waiting) => Ending::Stopped,
+                    () = tokio::time::sleep(HANDOFF_WAIT) => Ending::Stopped,
+                }
+            } else {
+                Ending::Stopped
+            }
+        }
+        () = &mut offer => Ending::HandedOff,
     };
     readiness.set(false);
     if let Ending::HandedOff = ending {
@@ -241,11 +284,11 @@ fn serve_admin(
 }
 
 /// Waits for a successor to take `fds`; waits forever when none can.
-async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>) {
+async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>, waiting: &tokio::sync::watch::Sender<bool>) {
     if fds.is_empty() {
         return std::future::pending().await;
     }
-    if let Err(err) = handoff::offer(pin_dir, fds).await {
+    if let Err(err) = handoff::offer(pin_dir, fds, waiting).await {
         warn!("{err:#}; a successor will start afresh");
         std::future::pending::<()>().await;
     }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use tokio::{io::AsyncReadExt as _, net::TcpListener, sync::watch};
 use tracing::{info, warn};
 
 use crate::sys;
@@ -117,18 +117,23 @@ impl Predecessor {
 }
 
 /// Offers `fds` (from [`Listeners::duplicate`]) to a successor; returns once one has
-/// taken them.
-pub async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>) -> anyhow::Result<()> {
+/// taken them. `waiting` is true while a successor is connected and getting ready.
+pub async fn offer(
+    pin_dir: &Path,
+    fds: Vec<OwnedFd>,
+    waiting: &watch::Sender<bool>,
+) -> anyhow::Result<()> {
     let listener = UnixListener::bind_addr(&address(pin_dir)?)
         .context("cannot offer a hand-off (is another agent using this pin directory?)")?;
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
-        let stream = stream.into_std()?;
-        stream.set_nonblocking(false)?;
-        match tokio::task::block_in_place(|| hand_over(&stream, &fds)) {
-            Ok(()) => {
+        waiting.send_replace(true);
+        let handed = hand_over(stream, &fds).await;
+        waiting.send_replace(false);
+        match handed {
+            Ok(stream) => {
                 // Free the address first: the successor offers it next.
                 drop(listener);
                 drop(stream);
@@ -140,19 +145,26 @@ pub async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>) -> anyhow::Result<()> {
     }
 }
 
-fn hand_over(mut stream: &UnixStream, fds: &[OwnedFd]) -> io::Result<()> {
-    let uid = sys::peer_uid(stream)?;
+/// Waits (as long as it takes) for the connected successor to be ready and ask, then
+/// sends it `fds`.
+async fn hand_over(
+    mut stream: tokio::net::UnixStream,
+    fds: &[OwnedFd],
+) -> io::Result<tokio::net::UnixStream> {
+    let uid = sys::peer_uid(stream.as_fd())?;
     if uid != sys::euid() {
         return Err(io::Error::other(format!(
             "the successor runs as uid {uid}, not as this agent"
         )));
     }
-    stream.set_read_timeout(Some(PATIENCE))?;
+    info!("a successor is starting; it takes the listeners once ready");
     let mut request = [0u8];
-    stream.read_exact(&mut request)?;
+    stream.read_exact(&mut request).await?;
     if request[0] != TAKE {
         return Err(io::Error::other("not a hand-off request"));
     }
     let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-    sys::send_fds(stream, &fds)
+    // One byte and a few descriptors fit the empty socket buffer: this does not block.
+    sys::send_fds(stream.as_fd(), &fds)?;
+    Ok(stream)
 }

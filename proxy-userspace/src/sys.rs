@@ -102,8 +102,9 @@ pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got as usize)
 }
 
-/// Sends `fds` over the unix stream `stream` (SCM_RIGHTS), with one byte of data.
-pub fn send_fds(stream: &UnixStream, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+/// Sends `fds` over the unix stream socket `stream` (SCM_RIGHTS), with one byte of
+/// data.
+pub fn send_fds(stream: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let payload_len = std::mem::size_of_val(raw.as_slice());
     // SAFETY: CMSG_SPACE only computes a size.
@@ -176,8 +177,9 @@ pub fn recv_fds(stream: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
     Ok(fds)
 }
 
-/// The user id of the process at the other end of `stream` (SO_PEERCRED).
-pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+/// The user id of the process at the other end of the unix socket `stream`
+/// (SO_PEERCRED).
+pub fn peer_uid(stream: BorrowedFd<'_>) -> io::Result<u32> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` outlive the call and `len` is `cred`'s size.
@@ -202,20 +204,24 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Raises the soft limit on open files to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+/// Raises the limit on open files as far as allowed: both limits to `want` with
+/// CAP_SYS_RESOURCE, else the soft limit to the hard one. Returns the new soft limit.
+pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: `limit` is a valid rlimit for the call to fill.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: `limit` is a valid rlimit; raising the soft limit to the hard one is
-        // always allowed.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    let raised =
+        libc::rlimit { rlim_cur: want.max(limit.rlim_cur), rlim_max: want.max(limit.rlim_max) };
+    // SAFETY: `raised` is a valid rlimit; the kernel refuses what is not allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(raised.rlim_cur);
     }
-    Ok(limit.rlim_cur)
+    let soft = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: as above; raising the soft limit to the hard one is always allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(soft.rlim_cur)
 }

@@ -36,9 +36,9 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Starts an agent process named `name` and waits until its log says it serves
-    /// (a running agent hands it the listeners first; a killed one left its pins).
-    pub(crate) fn start_named(
+    /// Starts an agent process named `name`, without waiting for it (see
+    /// [`Agent::wait_serving`]).
+    pub(crate) fn spawn_named(
         sandbox: &Sandbox,
         name: &str,
         config: &str,
@@ -48,9 +48,13 @@ impl Agent {
         std::fs::write(&path, config)?;
         let mut command = Command::new(crate::binary("sockeye")?);
         command.args(["run", "--config"]).arg(&path).args(args);
-        let agent = Self::spawn(sandbox, name, command, path)?;
-        agent.proc.wait_for_log("sockeye is ready", Duration::from_secs(20))?;
-        Ok(agent)
+        Self::spawn(sandbox, name, command, path)
+    }
+
+    /// Waits until the log says the agent serves (it may have taken over first).
+    pub fn wait_serving(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.proc.wait_for_log("sockeye is ready", timeout)?;
+        Ok(())
     }
 
     /// Starts the agent with `--kube` against the API server `kubeconfig` names, as

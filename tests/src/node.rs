@@ -220,7 +220,19 @@ impl Sandbox {
         config: &str,
         args: &[&str],
     ) -> anyhow::Result<Agent> {
-        Agent::start_named(self, name, config, args)
+        let agent = Agent::spawn_named(self, name, config, args)?;
+        agent.wait_serving(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// [`Sandbox::start_agent_named`] without the wait.
+    pub fn spawn_agent_named(
+        &self,
+        name: &str,
+        config: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Agent> {
+        Agent::spawn_named(self, name, config, args)
     }
 
     /// Starts the agent with `sockeye run --kube` against the API server that

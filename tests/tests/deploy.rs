@@ -9,6 +9,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize as _;
 use serde_json::Value;
 
@@ -72,8 +73,10 @@ fn manifests_parse_into_their_types_and_keep_the_invariants() {
     let spec = daemonset.spec;
     let strategy = spec.update_strategy.unwrap();
     assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
-    let max_unavailable = strategy.rolling_update.unwrap().max_unavailable.unwrap();
-    assert_eq!(max_unavailable, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1));
+    // Surge: the new agent starts beside the old one and takes over (hand-off).
+    let rolling = strategy.rolling_update.unwrap();
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
     let pod = spec.template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
     assert_eq!(pod.host_pid, Some(true), "Pods' namespaces are found under the host's /proc");
@@ -127,8 +130,11 @@ fn manifests_parse_into_their_types_and_keep_the_invariants() {
     let loaded = sockeye::config::Config::load_node_settings(&dir.join(key));
     std::fs::remove_dir_all(&dir).unwrap();
     let settings = loaded.unwrap();
-    let admin_port = agent.ports.clone().unwrap()[0].container_port;
-    assert_eq!(i32::from(settings.admin.port()), admin_port);
+    // No declared ports: with hostNetwork they become host ports, which would keep the
+    // surge Pod off the node.
+    assert!(agent.ports.is_none(), "{:?}", agent.ports);
+    let probe = agent.readiness_probe.clone().unwrap().http_get.unwrap();
+    assert_eq!(probe.port, IntOrString::Int(i32::from(settings.admin.port())));
 }
 
 /// Renders the chart's templates as `helm template` would with the default values:

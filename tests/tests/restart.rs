@@ -60,3 +60,33 @@ fn an_upgrade_hands_the_listeners_over_and_fails_no_call() {
     // new agent.
     assert!(new.metric(REQUESTS).unwrap().unwrap_or(0.0) > 0.0, "{}", new.log());
 }
+
+#[test]
+fn an_agent_stopped_while_its_successor_gets_ready_serves_until_the_hand_off() {
+    let _serial = serial();
+    let mut node = GrpcNode::new(2).unwrap();
+    let service = node.service(&["b1", "b2"], "");
+    let mut old = node.start_agent(&service).unwrap();
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    let load = node.start_load(service.vip, 400, Duration::from_secs(4)).unwrap();
+    node.wait_for_calls("b1", 100).unwrap();
+
+    // A DaemonSet rollout with maxSurge: the new Pod starts, then the old one gets
+    // SIGTERM before the new agent is ready (held here with SIGSTOP).
+    let new = node.sandbox.spawn_agent_named("agent-2", &node.config(&service), &[]).unwrap();
+    new.proc().wait_for_log("taking over from it once ready", Duration::from_secs(10)).unwrap();
+    new.proc().signal(libc::SIGSTOP).unwrap();
+    old.proc().wait_for_log("a successor is starting", Duration::from_secs(10)).unwrap();
+    old.proc().signal(libc::SIGTERM).unwrap();
+    old.proc().wait_for_log("serving until it takes over", Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // the old agent keeps serving meanwhile
+    new.proc().signal(libc::SIGCONT).unwrap();
+
+    new.wait_serving(Duration::from_secs(20)).unwrap();
+    assert_eq!(old.proc_mut().wait(Duration::from_secs(10)).unwrap(), Some(0), "{}", old.log());
+    assert!(old.log().contains("left to the successor"), "{}", old.log());
+    let report = finish_load(load).unwrap();
+    println!("load across SIGTERM during the successor's start: {report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(new.metric(REQUESTS).unwrap().unwrap_or(0.0) > 0.0, "{}", new.log());
+}

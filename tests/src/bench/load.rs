@@ -56,7 +56,12 @@ pub fn run(scale: Scale) -> anyhow::Result<Outcome> {
         "--hold-ms",
         &hold_ms,
     ])?;
-    idlers.wait_for_log(&format!("opened {}", scale.idle), Duration::from_secs(120))?;
+    let opened = format!("opened {}", scale.idle);
+    idlers.wait_for_log(&opened, Duration::from_secs(120)).with_context(|| {
+        let log = agent.log();
+        let notable = log.lines().filter(|l| l.contains("WARN") || l.contains("refused"));
+        format!("tcp-idle: {}\nagent: {}", idlers.log(), last(notable, 5))
+    })?;
 
     say(&format!("{} calls/s for {:?} beside them", scale.rate, scale.duration));
     let load = node.client().start_grpc_load_with(
@@ -98,4 +103,11 @@ pub fn table(o: &Outcome) -> String {
         o.rss_before_kib as f64 / 1024.0,
         o.peak_rss_kib as f64 / 1024.0,
     )
+}
+
+/// The last `n` of `lines`, joined.
+fn last<'a>(lines: impl DoubleEndedIterator<Item = &'a str>, n: usize) -> String {
+    let mut kept: Vec<&str> = lines.rev().take(n).collect();
+    kept.reverse();
+    kept.join("\n")
 }

@@ -14,6 +14,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, time::Instant};
 
+use tonic::{Code, Status};
+
 use super::{CallRequest, client::EchoClient};
 
 pub struct Options {
@@ -39,6 +41,10 @@ pub struct LoadReport {
     pub latency_us: Percentiles,
     /// Calls by the second they were scheduled in.
     pub timeline: Vec<Second>,
+    /// Calls sent again because the first try never left this client (see
+    /// [`never_sent`]): gRPC's transparent retry, which grpc-go and grpc-java do.
+    #[serde(default)]
+    pub transparent_retries: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -93,7 +99,12 @@ pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
         let (mut client, tally, payload) = (client.clone(), tally.clone(), payload.clone());
         let timeout = options.timeout;
         tasks.spawn(async move {
-            let result = client.call(CallRequest { payload, delay_ms: 0 }, timeout).await;
+            let request = || CallRequest { payload: payload.clone(), delay_ms: 0 };
+            let mut result = client.call(request(), timeout).await;
+            if result.as_ref().is_err_and(never_sent) {
+                tally.lock().unwrap().report.transparent_retries += 1;
+                result = client.call(request(), timeout).await;
+            }
             let result = result
                 .map(|r| r.backend)
                 .map_err(|s| format!("{:?}: {}", s.code(), short(s.message())));
@@ -157,6 +168,13 @@ fn record(tally: &Mutex<Tally>, second: usize, result: Result<String, String>, s
             *tally.report.errors.entry(error).or_default() += 1;
         }
     }
+}
+
+/// Whether a failed call never left the client: its connection closed (after GOAWAY)
+/// while the call still waited in the client's queue. gRPC clients retry these
+/// transparently; tonic does not, so the load client does.
+fn never_sent(status: &Status) -> bool {
+    status.code() == Code::Cancelled && status.message().contains("operation was canceled")
 }
 
 fn short(message: &str) -> &str {
