@@ -44,6 +44,7 @@ fn exported() -> BTreeSet<String> {
         to: Lifecycle::Ejected,
     });
     metrics.evicted("s", 1);
+    metrics.limit_hit("global");
     let _open = metrics.connection("h2");
     metrics
         .encode()
