@@ -177,13 +177,12 @@ async fn serve(
     });
     tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
     tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), metrics.clone()));
-    let (bound, predecessor) = match start {
-        Start::Bound(listeners) => (Some(listeners), None),
-        Start::TakeOver(predecessor) => (None, Some(predecessor)),
-    };
     // The admin endpoint answers (not ready) while discovery syncs; a predecessor
     // answers for the node until the take-over.
-    let bound = bound.map(|listeners| serve_admin(&mut tasks, &admin, listeners));
+    let early = match start {
+        Start::Bound(listeners) => Ok(serve_admin(&mut tasks, &admin, listeners)),
+        Start::TakeOver(predecessor) => Err(predecessor),
+    };
 
     let mut desired = discovery.watch();
     info!("waiting for discovery");
@@ -199,19 +198,9 @@ async fn serve(
     kernel.beat()?;
     tasks.spawn(heartbeat(kernel.clone()));
 
-    let (listeners, offered) = match (bound, predecessor) {
-        (Some(bound), _) => bound,
-        (None, Some(predecessor)) => {
-            let listeners = match predecessor.take().await {
-                Ok(listeners) => listeners,
-                Err(err) => {
-                    warn!("{err:#}; binding the listeners afresh");
-                    Listeners::bind(&config.proxy_addrs(), config.admin).await?
-                }
-            };
-            serve_admin(&mut tasks, &admin, listeners)
-        }
-        (None, None) => unreachable!("the agent either bound its listeners or has a predecessor"),
+    let (listeners, offered) = match early {
+        Ok(bound) => bound,
+        Err(predecessor) => serve_admin(&mut tasks, &admin, take_over(predecessor, config).await?),
     };
     kernel.publish_listeners(&listeners)?;
     readiness.set(true);
@@ -233,6 +222,23 @@ async fn serve(
         }
     });
 
+    let ending = serve_until_the_end(pin_dir, offered).await?;
+    readiness.set(false);
+    if let Ending::HandedOff = ending {
+        // The successor accepts from here on, on the same sockets.
+        accepting.shutdown().await;
+    }
+    // HTTP/2 clients get GOAWAY; their calls in flight finish before the agent goes.
+    let _ = stop.send(true);
+    let open = proxy.wait_idle(SHUTDOWN_GRACE).await;
+    info!(open, "shutting down");
+    accepting.shutdown().await;
+    tasks.shutdown().await;
+    Ok(ending)
+}
+
+/// Waits for SIGTERM or SIGINT, or for a successor to take the listeners (`offered`).
+async fn serve_until_the_end(pin_dir: &Path, offered: Vec<OwnedFd>) -> anyhow::Result<Ending> {
     let (waiting, mut successor) = tokio::sync::watch::channel(false);
     let offer = offer(pin_dir, offered, &waiting);
     tokio::pin!(offer);
@@ -254,18 +260,18 @@ async fn serve(
         }
         () = &mut offer => Ending::HandedOff,
     };
-    readiness.set(false);
-    if let Ending::HandedOff = ending {
-        // The successor accepts from here on, on the same sockets.
-        accepting.shutdown().await;
-    }
-    // HTTP/2 clients get GOAWAY; their calls in flight finish before the agent goes.
-    let _ = stop.send(true);
-    let open = proxy.wait_idle(SHUTDOWN_GRACE).await;
-    info!(open, "shutting down");
-    accepting.shutdown().await;
-    tasks.shutdown().await;
     Ok(ending)
+}
+
+/// The predecessor's listeners, or new ones if it is gone meanwhile.
+async fn take_over(predecessor: Predecessor, config: &Config) -> anyhow::Result<Listeners> {
+    match predecessor.take().await {
+        Ok(listeners) => Ok(listeners),
+        Err(err) => {
+            warn!("{err:#}; binding the listeners afresh");
+            Listeners::bind(&config.proxy_addrs(), config.admin).await
+        }
+    }
 }
 
 /// Starts the admin endpoint; returns the proxy's listeners and second descriptors of
