@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::sys;
 
-/// How long either side waits for the other during a hand-off.
+/// How long a successor that asked waits for the listeners.
 const PATIENCE: Duration = Duration::from_secs(5);
 /// The successor's request.
 const TAKE: u8 = b'T';

@@ -57,7 +57,7 @@ pub enum Refusal {
     NotRedirected,
     #[error("original destination {0} is not a known service")]
     UnknownService(SocketAddr),
-    #[error("{0} connections are open, the limit (limits.max_connections)")]
+    #[error("{0} connections are open: limits.max_connections reached")]
     AtLimit(usize),
     #[error("cannot read the connection's addresses: {0}")]
     Socket(#[from] std::io::Error),
