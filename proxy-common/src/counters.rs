@@ -10,7 +10,7 @@ pub enum Counter {
     SkipNotEnrolled,
     /// Not steered: the destination is not a known service VIP.
     SkipNotVip,
-    /// Not steered: the agent's heartbeat is stale (fail open).
+    /// Not steered: the agent is gone, its listener socket closed (fail open).
     SkipAgentDead,
     /// Not steered: the agent has no listener of the destination's family.
     SkipNoListener,
@@ -31,10 +31,13 @@ pub enum Counter {
     /// sk_msg found no peer socket (its handshake had not finished on the agent's
     /// side), so the connection's messages take the TCP stack from then on.
     AccelFallback,
+    /// Not steered: the agent's listener is open but its heartbeat is stale, so it
+    /// hangs (fail open).
+    SkipAgentStale,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -48,6 +51,7 @@ impl Counter {
         Counter::AccelInsertFailed,
         Counter::AccelRedirected,
         Counter::AccelFallback,
+        Counter::SkipAgentStale,
     ];
     /// Size of the counters array; leaves room for counters added later.
     pub const SLOTS: u32 = 32;
@@ -68,6 +72,7 @@ impl Counter {
             Counter::AccelInsertFailed => "accel_insert_failed",
             Counter::AccelRedirected => "accel_redirected",
             Counter::AccelFallback => "accel_fallback",
+            Counter::SkipAgentStale => "skip_agent_stale",
         }
     }
 }

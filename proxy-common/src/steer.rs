@@ -30,17 +30,19 @@ pub fn decide(c: Connect<'_>) -> Result<SockAddr, Counter> {
     if !c.enrolled {
         return Err(Counter::SkipNotEnrolled);
     }
-    let agent = match c.agent {
-        Some(agent) if agent.is_alive(c.now_ns) => agent,
-        _ => return Err(Counter::SkipAgentDead),
+    let Some(agent) = c.agent else {
+        return Err(Counter::SkipAgentDead);
     };
     let listener = if c.dst.is_v4() { agent.listen4 } else { agent.listen6 };
     if listener.family == 0 {
         return Err(Counter::SkipNoListener);
     }
-    // A killed agent's listener is closed before its heartbeat is stale.
+    // A killed agent's listener is closed at once; a hung agent's heartbeat goes stale.
     if !c.listening {
         return Err(Counter::SkipAgentDead);
+    }
+    if !agent.is_alive(c.now_ns) {
+        return Err(Counter::SkipAgentStale);
     }
     Ok(listener)
 }
@@ -96,18 +98,20 @@ mod tests {
         let fresh = a.heartbeat_ns + HEARTBEAT_MAX_AGE_NS;
         assert!(decide(Connect { now_ns: fresh, ..connect(&a) }).is_ok());
         let stale = fresh + 1;
-        assert_eq!(decide(Connect { now_ns: stale, ..connect(&a) }), Err(Counter::SkipAgentDead));
+        assert_eq!(decide(Connect { now_ns: stale, ..connect(&a) }), Err(Counter::SkipAgentStale));
         let never = AgentState { heartbeat_ns: 0, ..a };
-        assert_eq!(decide(connect(&never)), Err(Counter::SkipAgentDead));
+        assert_eq!(decide(connect(&never)), Err(Counter::SkipAgentStale));
         // A heartbeat written after `now` was read (another CPU) is still fresh.
         assert!(decide(Connect { now_ns: a.heartbeat_ns - 5, ..connect(&a) }).is_ok());
     }
 
     #[test]
-    fn a_closed_listener_fails_open_despite_a_fresh_heartbeat() {
+    fn a_closed_listener_fails_open_with_a_fresh_or_stale_heartbeat() {
         let a = agent();
         let killed = Connect { listening: false, ..connect(&a) };
         assert_eq!(decide(killed), Err(Counter::SkipAgentDead));
+        let long_dead = Connect { now_ns: a.heartbeat_ns + 10 * HEARTBEAT_MAX_AGE_NS, ..killed };
+        assert_eq!(decide(long_dead), Err(Counter::SkipAgentDead));
     }
 
     #[test]

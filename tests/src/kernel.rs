@@ -1,10 +1,12 @@
 //! What the agent's pinned maps say, read the way any tool on the node could.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use proxy_common::{Counter, FourTuple, SockAddr, map_names};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use proxy_common::{AgentState, Counter, FourTuple, SockAddr, map_names};
+
+use crate::sys::monotonic_ns;
 
 /// The kernel programs' counters, by name, summed over CPUs.
 pub fn counters(pin_dir: &Path) -> anyhow::Result<BTreeMap<&'static str, u64>> {
@@ -31,4 +33,13 @@ pub fn pending_orig_dst(pin_dir: &Path) -> anyhow::Result<usize> {
     let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
     let map = HashMap::<_, FourTuple, SockAddr>::try_from(Map::LruHashMap(data))?;
     Ok(map.keys().count())
+}
+
+/// How long ago the agent last wrote its heartbeat, by the clock the kernel reads.
+pub fn heartbeat_age(pin_dir: &Path) -> anyhow::Result<Duration> {
+    let path = pin_dir.join(map_names::AGENT);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let map = Array::<_, AgentState>::try_from(Map::Array(data))?;
+    let state = map.get(&0, 0)?;
+    Ok(Duration::from_nanos(monotonic_ns().saturating_sub(state.heartbeat_ns)))
 }

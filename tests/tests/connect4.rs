@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sandbox::{EchoNode, node::NODE_IP4};
+use sandbox::{EchoNode, kernel, node::NODE_IP4, wait_for};
 
 const VIP: &str = "10.96.0.10:7000";
 const OTHER_VIP: &str = "10.96.0.11:7000";
@@ -80,4 +80,36 @@ fn after_the_agent_is_killed_the_very_next_connect_fails_open_to_dnat() {
     assert_eq!(first.only_peer(), Some(client_ip.as_str()), "{first:?}");
     let counters = sandbox::kernel::counters(node.sandbox.pin_dir()).unwrap();
     assert!(counters["skip_agent_dead"] >= 20, "{counters:?}");
+}
+
+#[test]
+fn a_hung_agent_is_left_alone_once_its_heartbeat_is_stale_and_steered_to_when_it_resumes() {
+    let node = EchoNode::new(1).unwrap();
+    let echo = node.service("echo", VIP, &["b1"]);
+    let agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
+    let pin_dir = node.sandbox.pin_dir();
+    let (node_ip, client_ip) = (NODE_IP4.to_string(), node.client().ip4.to_string());
+
+    // Frozen, its listener stays open: only the heartbeat tells the kernel it hangs.
+    agent.proc().signal(libc::SIGSTOP).unwrap();
+    let max_age = Duration::from_nanos(proxy_common::agent::HEARTBEAT_MAX_AGE_NS);
+    wait_for("the heartbeat to go stale", Duration::from_secs(5), || {
+        (kernel::heartbeat_age(pin_dir).unwrap() > max_age).then_some(())
+    })
+    .unwrap();
+    let frozen = node.client().probe(echo.vip, 10, 1).unwrap();
+    assert_eq!(frozen.failed, 0, "{frozen:?}");
+    assert_eq!(frozen.only_peer(), Some(client_ip.as_str()), "DNAT while frozen: {frozen:?}");
+    let counters = kernel::counters(pin_dir).unwrap();
+    assert_eq!(counters["skip_agent_stale"], 10, "{counters:?}");
+    assert_eq!(counters["skip_agent_dead"], 0, "{counters:?}");
+
+    agent.proc().signal(libc::SIGCONT).unwrap();
+    wait_for("the heartbeat to be fresh", Duration::from_secs(5), || {
+        (kernel::heartbeat_age(pin_dir).unwrap() < max_age).then_some(())
+    })
+    .unwrap();
+    let resumed = node.client().probe(echo.vip, 10, 1).unwrap();
+    assert_eq!(resumed.failed, 0, "{resumed:?}");
+    assert_eq!(resumed.only_peer(), Some(node_ip.as_str()), "agent once resumed: {resumed:?}");
 }

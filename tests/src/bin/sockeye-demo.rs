@@ -46,7 +46,7 @@ const COUNTERS: [(&str, &str); 6] = [
     ("orig_dst_filed", "original destinations filed for the agent by sockops"),
     ("skip_not_enrolled", "connects to the VIP from a namespace not enrolled"),
     ("skip_not_vip", "connects to other addresses (the agent's own, to backends)"),
-    ("skip_agent_dead", "connects left alone because the heartbeat was stale"),
+    ("skip_agent_dead", "connects left alone because the agent's listener was closed"),
     ("skip_map_full", "connects left alone because a map was full"),
 ];
 const BATCH: usize = 25;
