@@ -12,15 +12,19 @@ use std::{
 
 use anyhow::Context as _;
 use proxy_common::agent::HEARTBEAT_INTERVAL_MS;
-use tokio::{net::TcpListener, signal::unix::SignalKind, task::JoinSet};
+use tokio::{
+    net::TcpListener,
+    signal::unix::{Signal, SignalKind, signal},
+    task::JoinSet,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     admin::{self, Admin, Readiness},
     config::Config,
-    datapath::{self, Datapath, DatapathError, Kernel, KernelOptions},
+    datapath::{self, Datapath, Kernel, KernelOptions},
     discovery::{
-        Desired, Discovery,
+        Condition, Desired, Discovery,
         kube::Kube,
         static_file::{POLL_INTERVAL, StaticFile},
     },
@@ -184,19 +188,28 @@ async fn serve(
         Start::TakeOver(predecessor) => Err(predecessor),
     };
 
+    let mut signals = Signals::register()?;
     let mut desired = discovery.watch();
     info!("waiting for discovery");
     tokio::select! {
         () = discovery.synced() => {}
-        signal = shutdown_signal() => {
+        () = signals.recv() => {
             tasks.shutdown().await;
-            return signal.map(|()| Ending::Stopped).map_err(Into::into);
+            return Ok(Ending::Stopped);
         }
     }
     let first = desired.borrow_and_update().clone();
     apply(&first, kernel.as_ref(), &state).context("applying the config")?;
     kernel.beat()?;
     tasks.spawn(heartbeat(kernel.clone()));
+    // Until the listeners are published the predecessor, or DNAT, takes the connects.
+    tokio::select! {
+        () = warm_up(&first, &state) => {}
+        () = signals.recv() => {
+            tasks.shutdown().await;
+            return Ok(Ending::Stopped);
+        }
+    }
 
     let (listeners, offered) = match early {
         Ok(bound) => bound,
@@ -222,7 +235,7 @@ async fn serve(
         }
     });
 
-    let ending = serve_until_the_end(pin_dir, offered).await?;
+    let ending = serve_until_the_end(pin_dir, offered, &mut signals).await;
     readiness.set(false);
     if let Ending::HandedOff = ending {
         // The successor accepts from here on, on the same sockets.
@@ -237,14 +250,54 @@ async fn serve(
     Ok(ending)
 }
 
+/// How long a starting agent waits for the first health verdicts on its services'
+/// ready endpoints before it takes connections.
+const WARM_UP: Duration = Duration::from_secs(5);
+
+/// Waits until every service with an endpoint discovery calls ready has one that
+/// passed its health check, or [`WARM_UP`] passes; a successor taking over before
+/// then would answer UNAVAILABLE where its predecessor had a backend.
+async fn warm_up(desired: &Desired, state: &State) {
+    let deadline = tokio::time::Instant::now() + WARM_UP;
+    let mut transitions = state.subscribe();
+    loop {
+        let cold = cold_services(desired, state);
+        if cold.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return warn!(
+                ?cold,
+                "taking connections before these services have a healthy endpoint"
+            );
+        }
+        // A transition may come before its endpoint set is published: look again soon.
+        let _ = tokio::time::timeout(Duration::from_millis(50), transitions.recv()).await;
+    }
+}
+
+/// Services discovery gives a ready endpoint that no health check has passed yet.
+fn cold_services(desired: &Desired, state: &State) -> Vec<String> {
+    desired
+        .services
+        .iter()
+        .filter(|d| d.endpoints.iter().any(|e| e.condition == Condition::Ready))
+        .filter(|d| state.lookup(&d.vip).is_none_or(|s| s.endpoints().ready.is_empty()))
+        .map(|d| d.name.clone())
+        .collect()
+}
+
 /// Waits for SIGTERM or SIGINT, or for a successor to take the listeners (`offered`).
-async fn serve_until_the_end(pin_dir: &Path, offered: Vec<OwnedFd>) -> anyhow::Result<Ending> {
+async fn serve_until_the_end(
+    pin_dir: &Path,
+    offered: Vec<OwnedFd>,
+    signals: &mut Signals,
+) -> Ending {
     let (waiting, mut successor) = tokio::sync::watch::channel(false);
     let offer = offer(pin_dir, offered, &waiting);
     tokio::pin!(offer);
-    let ending = tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
+    tokio::select! {
+        () = signals.recv() => {
             // An upgrade (a DaemonSet with maxSurge): the successor started first and
             // takes over once ready; leaving now would refuse connects meanwhile.
             if *successor.borrow() {
@@ -259,8 +312,7 @@ async fn serve_until_the_end(pin_dir: &Path, offered: Vec<OwnedFd>) -> anyhow::R
             }
         }
         () = &mut offer => Ending::HandedOff,
-    };
-    Ok(ending)
+    }
 }
 
 /// The predecessor's listeners, or new ones if it is gone meanwhile.
@@ -348,15 +400,28 @@ async fn heartbeat(datapath: Arc<dyn Datapath>) {
     }
 }
 
-async fn shutdown_signal() -> Result<(), DatapathError> {
-    let io = |source| DatapathError::Io { path: "signal handler".into(), source };
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).map_err(io)?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).map_err(io)?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, registered once for the agent's life so that none arriving
+/// between two waits is lost.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Self> {
+        let register = |kind| signal(kind).context("cannot install the signal handlers");
+        Ok(Self {
+            term: register(SignalKind::terminate())?,
+            int: register(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => info!("SIGINT: shutting down"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -418,5 +483,46 @@ mod tests {
         assert!(format!("{err:#}").contains("enroll.netns /var/run/netns/does-not-exist"));
         assert!(recorder.vips.lock().unwrap().is_empty(), "nothing applied");
         assert!(state.vips().is_empty());
+    }
+
+    /// A state whose health checks never report, and one service with one endpoint.
+    fn one_service(health_checked: bool, condition: Condition) -> (State, Desired) {
+        let mut one = service("a", "10.96.0.1:80");
+        one.policy.health.enabled = health_checked;
+        one.endpoints[0].condition = condition;
+        (
+            State::with_checker(Arc::new(crate::health::Manual)),
+            Desired { services: vec![one], ..Desired::default() },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_ends_once_each_service_has_a_ready_endpoint() {
+        // Checks off: ready on discovery's word, once the service's owner has run.
+        let (state, desired) = one_service(false, Condition::Ready);
+        state.apply(&desired.services);
+        let started = tokio::time::Instant::now();
+        warm_up(&desired, &state).await;
+        assert!(started.elapsed() < WARM_UP, "{:?}", started.elapsed());
+        assert!(cold_services(&desired, &state).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_gives_up_after_its_limit_on_endpoints_no_check_passed() {
+        let (state, desired) = one_service(true, Condition::Ready);
+        state.apply(&desired.services);
+        let started = tokio::time::Instant::now();
+        warm_up(&desired, &state).await;
+        assert!(started.elapsed() >= WARM_UP, "{:?}", started.elapsed());
+        assert_eq!(cold_services(&desired, &state), ["a"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warm_up_does_not_wait_for_endpoints_discovery_calls_not_ready() {
+        let (state, desired) = one_service(true, Condition::NotReady);
+        state.apply(&desired.services);
+        let started = tokio::time::Instant::now();
+        warm_up(&desired, &state).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }
