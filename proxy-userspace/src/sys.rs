@@ -102,6 +102,18 @@ pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got as usize)
 }
 
+/// A message of one buffer, `iov`, and the control buffer `control`; it points into
+/// both, so they must outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
+}
+
 /// Sends `fds` over the unix stream socket `stream` (SCM_RIGHTS), with one byte of
 /// data.
 pub fn send_fds(stream: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -112,12 +124,7 @@ pub fn send_fds(stream: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> io::Result<()
     let mut control = vec![0u8; space];
     let mut byte = [fds.len() as u8];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let msg = message(&mut iov, &mut control);
     // SAFETY: `msg` has a control buffer of CMSG_SPACE(payload_len) bytes, so the first
     // header and `payload_len` bytes of data after it fit.
     unsafe {
@@ -141,12 +148,7 @@ pub fn recv_fds(stream: &UnixStream, max: usize) -> io::Result<Vec<OwnedFd>> {
     let mut control = vec![0u8; space];
     let mut byte = [0u8];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut msg = message(&mut iov, &mut control);
     // SAFETY: `msg` points at buffers that live until the call returns.
     let got = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if got < 0 {
@@ -224,4 +226,29 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(soft.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::TcpListener, os::fd::AsFd};
+
+    use super::*;
+
+    #[test]
+    fn listening_sockets_sent_over_a_unix_socket_arrive_as_the_same_sockets() {
+        let (sender, receiver) = UnixStream::pair().unwrap();
+        let listeners: Vec<TcpListener> =
+            (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(AsFd::as_fd).collect();
+        send_fds(sender.as_fd(), &fds).unwrap();
+
+        let got = recv_fds(&receiver, 4).unwrap();
+        let addrs =
+            |ls: &[TcpListener]| ls.iter().map(|l| l.local_addr().unwrap()).collect::<Vec<_>>();
+        let received: Vec<TcpListener> = got.into_iter().map(TcpListener::from).collect();
+        assert_eq!(addrs(&received), addrs(&listeners));
+        // The same socket, not a copy: a connect is accepted through the received one.
+        let _client = std::net::TcpStream::connect(listeners[1].local_addr().unwrap()).unwrap();
+        received[1].accept().unwrap();
+    }
 }

@@ -4,19 +4,26 @@
 
 use std::time::Duration;
 
-use sandbox::{GrpcNode, grpc_node::finish_load, serial};
+use sandbox::{Agent, GrpcNode, Proc, ServiceSpec, grpc_node::finish_load, serial};
 
 const REQUESTS: &str = "sockeye_requests_total{service=\"greeter\",protocol=\"grpc\"}";
+
+/// Backends b1 and b2 behind an agent, and 4 s of load at `rate` calls/s from the
+/// enrolled client, already reaching b1.
+fn under_load(rate: u32) -> (GrpcNode, ServiceSpec, Agent, Proc) {
+    let mut node = GrpcNode::new(2).unwrap();
+    let service = node.service(&["b1", "b2"], "");
+    let agent = node.start_agent(&service).unwrap();
+    node.wait_in_rotation(&["b1", "b2"]).unwrap();
+    let load = node.start_load(service.vip, rate, Duration::from_secs(4)).unwrap();
+    node.wait_for_calls("b1", u64::from(rate / 4)).unwrap();
+    (node, service, agent, load)
+}
 
 #[test]
 fn a_killed_agent_fails_open_and_a_new_one_adopts_its_pins() {
     let _serial = serial();
-    let mut node = GrpcNode::new(2).unwrap();
-    let service = node.service(&["b1", "b2"], "");
-    let mut old = node.start_agent(&service).unwrap();
-    node.wait_in_rotation(&["b1", "b2"]).unwrap();
-    let load = node.start_load(service.vip, 200, Duration::from_secs(4)).unwrap();
-    node.wait_for_calls("b1", 50).unwrap();
+    let (node, service, mut old, load) = under_load(200);
 
     old.proc().signal(libc::SIGKILL).unwrap();
     old.proc_mut().wait(Duration::from_secs(5)).unwrap();
@@ -39,12 +46,7 @@ fn a_killed_agent_fails_open_and_a_new_one_adopts_its_pins() {
 #[test]
 fn an_upgrade_hands_the_listeners_over_and_fails_no_call() {
     let _serial = serial();
-    let mut node = GrpcNode::new(2).unwrap();
-    let service = node.service(&["b1", "b2"], "");
-    let mut old = node.start_agent(&service).unwrap();
-    node.wait_in_rotation(&["b1", "b2"]).unwrap();
-    let load = node.start_load(service.vip, 400, Duration::from_secs(4)).unwrap();
-    node.wait_for_calls("b1", 100).unwrap();
+    let (node, service, mut old, load) = under_load(400);
 
     let new = node.sandbox.start_agent_named("agent-2", &node.config(&service), &[]).unwrap();
     assert!(new.log().contains("took the listeners over"), "{}", new.log());
@@ -64,12 +66,7 @@ fn an_upgrade_hands_the_listeners_over_and_fails_no_call() {
 #[test]
 fn an_agent_stopped_while_its_successor_gets_ready_serves_until_the_hand_off() {
     let _serial = serial();
-    let mut node = GrpcNode::new(2).unwrap();
-    let service = node.service(&["b1", "b2"], "");
-    let mut old = node.start_agent(&service).unwrap();
-    node.wait_in_rotation(&["b1", "b2"]).unwrap();
-    let load = node.start_load(service.vip, 400, Duration::from_secs(4)).unwrap();
-    node.wait_for_calls("b1", 100).unwrap();
+    let (node, service, mut old, load) = under_load(400);
 
     // A DaemonSet rollout with maxSurge: the new Pod starts, then the old one gets
     // SIGTERM before the new agent is ready (held here with SIGSTOP).

@@ -216,6 +216,12 @@ mod tests {
             },
             endpoints: vec![DesiredEndpoint { addr: backend, condition: Condition::Ready }],
         }]);
+        let (recorder, proxy_addr) = serve(state).await;
+        (recorder, proxy_addr, vip)
+    }
+
+    /// A proxy for `state` on a loopback port, with a recorder for its datapath.
+    async fn serve(state: Arc<State>) -> (Arc<Recorder>, SocketAddr) {
         let recorder = Arc::new(Recorder::default());
         let metrics = Metrics::new(recorder.clone(), state.clone());
         let proxy = Proxy::new(
@@ -228,7 +234,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));
-        (recorder, addr, vip)
+        (recorder, addr)
     }
 
     #[tokio::test]
@@ -315,18 +321,7 @@ mod tests {
         }]);
         let mut changes = state.lookup(&vip).unwrap().watch_endpoints();
         changes.wait_for(|set| set.ready.len() == 2).await.unwrap();
-        let recorder = Arc::new(Recorder::default());
-        let metrics = Metrics::new(recorder.clone(), state.clone());
-        let proxy = Proxy::new(
-            recorder.clone(),
-            state,
-            watch::channel(false).1,
-            metrics,
-            Limits::default(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = listener.local_addr().unwrap();
-        tokio::spawn(proxy.serve(listener));
+        let (recorder, proxy_addr) = serve(state).await;
 
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
