@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(default)]
     pub enroll: Enroll,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -56,6 +58,50 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self { max_connections: 100_000, max_connections_per_endpoint: 10_000 }
+    }
+}
+
+/// How many entries the kernel's maps hold. Read at start (a change takes effect at
+/// the next start, when the maps are made anew); a config that would not fit is
+/// refused as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacity {
+    /// Service VIP:port pairs the kernel steers.
+    pub services: u32,
+    /// Enrolled network namespaces (Pods).
+    pub pods: u32,
+    /// Connects between a Pod's `connect()` and the agent's `accept()` (each of the
+    /// two original-destination maps; least recently used entries are dropped first).
+    pub pending_connects: u32,
+    /// Sockets of accelerated connections (two per connection, with `--accel on`).
+    pub accelerated_sockets: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        use proxy_common::map_sizes;
+        Self {
+            services: map_sizes::VIPS,
+            pods: map_sizes::ENROLLED,
+            pending_connects: map_sizes::ORIG_DST,
+            accelerated_sockets: map_sizes::SOCKS,
+        }
+    }
+}
+
+impl Capacity {
+    /// The largest capacity accepted for any map.
+    pub const MAX: u32 = 1 << 22;
+
+    /// Each map's name in the config and metrics, and its capacity.
+    pub fn named(&self) -> [(&'static str, u32); 4] {
+        [
+            ("services", self.services),
+            ("pods", self.pods),
+            ("pending_connects", self.pending_connects),
+            ("accelerated_sockets", self.accelerated_sockets),
+        ]
     }
 }
 
@@ -174,6 +220,7 @@ impl Config {
             listen6: None,
             admin: default_admin(),
             limits: Limits::default(),
+            capacity: Capacity::default(),
             enroll: Enroll::default(),
             services: Vec::new(),
         }

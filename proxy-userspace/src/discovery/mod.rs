@@ -90,6 +90,12 @@ pub trait Discovery: Send + Sync + 'static {
     fn synced(&self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
+
+    /// Notified to re-read the source now (SIGHUP); `None` for a source that is
+    /// always current.
+    fn reloads(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 impl Desired {

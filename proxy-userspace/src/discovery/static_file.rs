@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use super::{Desired, Discovery};
@@ -21,6 +21,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct StaticFile {
     rx: watch::Receiver<Arc<Desired>>,
+    reload: Arc<Notify>,
 }
 
 impl StaticFile {
@@ -32,14 +33,19 @@ impl StaticFile {
         let config = Config::parse(path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
         let poller = Poller { path: path.to_owned(), first: config.clone(), last_text: text };
-        tokio::spawn(poller.run(tx, interval));
-        Ok((Self { rx }, config))
+        let reload = Arc::new(Notify::new());
+        tokio::spawn(poller.run(tx, interval, reload.clone()));
+        Ok((Self { rx, reload }, config))
     }
 }
 
 impl Discovery for StaticFile {
     fn watch(&self) -> watch::Receiver<Arc<Desired>> {
         self.rx.clone()
+    }
+
+    fn reloads(&self) -> Option<Arc<Notify>> {
+        Some(self.reload.clone())
     }
 }
 
@@ -50,11 +56,14 @@ struct Poller {
 }
 
 impl Poller {
-    async fn run(mut self, tx: watch::Sender<Arc<Desired>>, interval: Duration) {
+    async fn run(mut self, tx: watch::Sender<Arc<Desired>>, interval: Duration, now: Arc<Notify>) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !tx.is_closed() {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = now.notified() => self.last_text.clear(),
+            }
             if let Some(desired) = self.check() {
                 tx.send_if_modified(|current| {
                     let changed = **current != desired;
