@@ -2,7 +2,6 @@
 //! together, keeps the kernel's view in step with discovery, and shuts down cleanly.
 
 use std::{
-    collections::BTreeSet,
     net::SocketAddr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
@@ -12,12 +11,12 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, task::JoinSet};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, Admin, Readiness},
     config::Config,
-    datapath::{self, Datapath, Kernel, KernelOptions},
+    datapath::{self, Kernel, KernelOptions},
     discovery::{
         Condition, Desired, Discovery,
         kube::Kube,
@@ -29,6 +28,7 @@ use crate::{
     liveness::Heartbeat,
     metrics::Metrics,
     proxy::Proxy,
+    reconcile::Reconciler,
     signals::{self, Signals, Stop},
     state::State,
     sys,
@@ -192,7 +192,6 @@ async fn serve(
         datapath: kernel.clone(),
     });
     tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
-    tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), metrics.clone()));
     // The admin endpoint answers (not ready) while discovery syncs; a predecessor
     // answers for the node until the take-over.
     let early = match start {
@@ -215,7 +214,12 @@ async fn serve(
         _ = stops.recv() => return Ok(Ending::Stopped),
     }
     let first = desired.borrow_and_update().clone();
-    apply(&first, kernel.as_ref(), &state).context("applying the config")?;
+    let mut reconciler = Reconciler::new(kernel.clone(), state.clone());
+    reconciler.apply(&first).context("applying the config")?;
+    metrics.config_update(true);
+    let own = [config.proxy_addrs(), vec![config.admin]].concat();
+    let netns = reconciler.netns();
+    tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), netns, own, metrics.clone()));
     let mut heartbeat = Heartbeat::start(kernel.clone())?;
     // Until the listeners are published the predecessor, or DNAT, takes the connects.
     tokio::select! {
@@ -236,16 +240,7 @@ async fn serve(
     for listener in listeners {
         accepting.spawn(proxy.clone().serve(listener));
     }
-    let datapath = kernel.clone();
-    let applied = state.clone();
-    tasks.spawn(async move {
-        while desired.changed().await.is_ok() {
-            let next = desired.borrow_and_update().clone();
-            if let Err(err) = apply(&next, datapath.as_ref(), &applied) {
-                error!("config not applied: {err:#}; keeping the last good config");
-            }
-        }
-    });
+    tasks.spawn(reconciler.run(desired, metrics.clone()));
 
     let outcome = tokio::select! {
         ended = serve_until_the_end(pin_dir, offered, &mut stops) => Ok(ended),
@@ -443,29 +438,6 @@ async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>, waiting: &tokio::sync::watch::
     }
 }
 
-/// Makes the datapath and the services match `desired`.
-///
-/// VIPs of removed services leave the kernel before the state forgets them, and VIPs
-/// of new services enter the kernel after the state knows them, so no steered
-/// connection arrives for a service the proxy does not know.
-pub fn apply(desired: &Desired, datapath: &dyn Datapath, state: &State) -> anyhow::Result<()> {
-    let cookies = desired
-        .enroll
-        .iter()
-        .map(|path| {
-            datapath::netns::cookie(path)
-                .with_context(|| format!("enroll.netns {}: cannot read its cookie", path.display()))
-        })
-        .collect::<anyhow::Result<BTreeSet<u64>>>()?;
-    let new_vips: BTreeSet<SocketAddr> = desired.services.iter().map(|s| s.vip).collect();
-    let kept: BTreeSet<SocketAddr> = state.vips().intersection(&new_vips).copied().collect();
-    datapath.set_vips(&kept)?;
-    state.apply(&desired.services);
-    datapath.set_vips(&new_vips)?;
-    datapath.set_enrolled(&cookies)?;
-    Ok(())
-}
-
 /// Feeds every endpoint state change to the metrics.
 async fn count_transitions(
     mut transitions: tokio::sync::broadcast::Receiver<crate::state::Transition>,
@@ -503,43 +475,6 @@ mod tests {
                 condition: Condition::Ready,
             }],
         }
-    }
-
-    #[tokio::test]
-    async fn apply_tells_the_datapath_and_updates_the_state() {
-        let recorder = Recorder::default();
-        let state = State::with_checker(Arc::new(crate::health::Manual));
-        let desired = Desired {
-            services: vec![service("a", "10.96.0.1:80"), service("b", "10.96.0.2:80")],
-            enroll: vec!["/proc/self/ns/net".into()],
-            ..Desired::default()
-        };
-        apply(&desired, &recorder, &state).unwrap();
-        assert_eq!(recorder.vips.lock().unwrap().len(), 2);
-        assert_eq!(recorder.enrolled.lock().unwrap().len(), 1);
-        assert_eq!(state.vips().len(), 2);
-
-        let fewer = Desired { services: vec![service("b", "10.96.0.2:80")], ..Desired::default() };
-        apply(&fewer, &recorder, &state).unwrap();
-        let vips = recorder.vips.lock().unwrap().clone();
-        assert_eq!(vips.into_iter().collect::<Vec<_>>(), vec!["10.96.0.2:80".parse().unwrap()]);
-        assert!(recorder.enrolled.lock().unwrap().is_empty());
-        assert!(state.lookup(&"10.96.0.1:80".parse().unwrap()).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_missing_namespace_rejects_the_whole_state() {
-        let recorder = Recorder::default();
-        let state = State::with_checker(Arc::new(crate::health::Manual));
-        let desired = Desired {
-            services: vec![service("a", "10.96.0.1:80")],
-            enroll: vec![Path::new("/var/run/netns/does-not-exist").into()],
-            ..Desired::default()
-        };
-        let err = apply(&desired, &recorder, &state).unwrap_err();
-        assert!(format!("{err:#}").contains("enroll.netns /var/run/netns/does-not-exist"));
-        assert!(recorder.vips.lock().unwrap().is_empty(), "nothing applied");
-        assert!(state.vips().is_empty());
     }
 
     /// A state whose health checks never report, and one service with one endpoint.

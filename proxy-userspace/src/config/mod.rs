@@ -180,6 +180,16 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {field}: {problem}")]
     Invalid { path: PathBuf, field: String, problem: String },
+    #[error("config file {path} is empty; a node with nothing configured says `services: []`")]
+    Empty { path: PathBuf },
+}
+
+/// The top-level keys a config file sets, to tell `services: []` from no `services`.
+pub fn keys(text: &str) -> Vec<String> {
+    let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str(text) else {
+        return Vec::new();
+    };
+    map.keys().filter_map(|k| k.as_str().map(str::to_string)).collect()
 }
 
 impl Config {
@@ -226,10 +236,16 @@ impl Config {
         }
     }
 
-    /// Parses and validates `text`; `path` only names the file in errors.
+    /// Parses and validates `text`; `path` only names the file in errors. An empty
+    /// file (an editor that truncated it before writing) is not a config.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml_ng::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let parse = |source| ConfigError::Parse { path: path.into(), source };
+        let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse)?;
+        if document.is_null() {
+            return Err(ConfigError::Empty { path: path.into() });
+        }
+        // From the text again, not the value: serde_yaml_ng's errors then say where.
+        let config: Config = serde_yaml_ng::from_str(text).map_err(parse)?;
         config.validate().map_err(|(field, problem)| ConfigError::Invalid {
             path: path.into(),
             field,

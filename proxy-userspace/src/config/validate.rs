@@ -115,6 +115,18 @@ impl Config {
                         format!("{endpoint} is not a reachable address and port"),
                     );
                 }
+                if self.proxy_addrs().contains(endpoint) || *endpoint == self.admin {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is the agent's own address, not a backend"),
+                    );
+                }
+                if let Some(k) = self.services.iter().position(|s| s.vip == *endpoint) {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is the VIP of services[{k}], not a backend"),
+                    );
+                }
                 if service.endpoints[..j].contains(endpoint) {
                     return problem(
                         &format!("services[{i}].endpoints[{j}]"),
@@ -207,6 +219,15 @@ mod tests {
                 .contains("services[0].endpoints[1]: 10.0.0.1:80 is listed twice")
         );
         assert!(problem(&svc("  endpoints: [0.0.0.0:80]\n")).contains("services[0].endpoints[0]"));
+        assert!(
+            problem(&svc("  endpoints: [169.254.77.1:15001]\n")).contains(
+                "services[0].endpoints[0]: 169.254.77.1:15001 is the agent's own address"
+            )
+        );
+        assert!(
+            problem(&svc("  endpoints: [10.96.0.1:80]\n"))
+                .contains("10.96.0.1:80 is the VIP of services[0]")
+        );
     }
 
     #[test]

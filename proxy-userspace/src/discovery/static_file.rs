@@ -32,7 +32,12 @@ impl StaticFile {
         let text = read(path)?;
         let config = Config::parse(path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
-        let poller = Poller { path: path.to_owned(), first: config.clone(), last_text: text };
+        let poller = Poller {
+            path: path.to_owned(),
+            first: config.clone(),
+            current: config.clone(),
+            last_text: text,
+        };
         let reload = Arc::new(Notify::new());
         tokio::spawn(poller.run(tx, interval, reload.clone()));
         Ok((Self { rx, reload }, config))
@@ -52,6 +57,8 @@ impl Discovery for StaticFile {
 struct Poller {
     path: PathBuf,
     first: Config,
+    /// The last config taken.
+    current: Config,
     last_text: String,
 }
 
@@ -90,7 +97,8 @@ impl Poller {
             return None;
         }
         self.last_text = text;
-        match Config::parse(&self.path, &self.last_text) {
+        let parsed = Config::parse(&self.path, &self.last_text).map_err(|e| e.to_string());
+        match parsed.and_then(|config| self.not_emptied_by_accident(config)) {
             Ok(config) => {
                 self.warn_fixed_fields(&config);
                 info!(
@@ -99,12 +107,37 @@ impl Poller {
                     "config reloaded from {}",
                     self.path.display()
                 );
-                Some(Desired::from(&config))
+                let desired = Desired::from(&config);
+                self.current = config;
+                Some(desired)
             }
-            Err(err) => {
-                error!("config reload rejected: {err}; keeping the last good config");
+            Err(problem) => {
+                error!("config reload rejected: {problem}; keeping the last good config");
                 None
             }
+        }
+    }
+
+    /// Refuses a new file that would drop every service or enrolled namespace without
+    /// saying so: one truncated before its `services` or `enroll` key.
+    fn not_emptied_by_accident(&self, new: Config) -> Result<Config, String> {
+        let keys = crate::config::keys(&self.last_text);
+        let dropped = |key: &str, had: bool, has: bool| {
+            (had && !has && !keys.iter().any(|k| k == key)).then(|| {
+                format!(
+                    "config file {}: no `{key}` key, which would remove every one of them \
+                     (a truncated file?); write `{key}:` with an empty list to mean that",
+                    self.path.display()
+                )
+            })
+        };
+        let services =
+            dropped("services", !self.current.services.is_empty(), !new.services.is_empty());
+        let enroll =
+            dropped("enroll", !self.current.enroll.netns.is_empty(), !new.enroll.netns.is_empty());
+        match services.or(enroll) {
+            Some(problem) => Err(problem),
+            None => Ok(new),
         }
     }
 
@@ -112,6 +145,9 @@ impl Poller {
         let first = &self.first;
         if (new.listen, new.listen6, new.admin) != (first.listen, first.listen6, first.admin) {
             warn!("listen, listen6 and admin changes take effect only when the agent restarts");
+        }
+        if (new.limits, new.capacity) != (first.limits, first.capacity) {
+            warn!("limits and capacity changes take effect only when the agent restarts");
         }
     }
 }
@@ -177,10 +213,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_empty_or_truncated_file_keeps_the_config_and_an_explicit_empty_list_empties() {
+        let path = temp_file(ONE);
+        let (discovery, _) = StaticFile::start(&path, POLL_INTERVAL).unwrap();
+        let mut rx = discovery.watch();
+        for accident in ["", "# just a comment\n", "listen: 169.254.77.1:15001\n"] {
+            std::fs::write(&path, accident).unwrap();
+            next_poll().await;
+            assert!(!rx.has_changed().unwrap(), "{accident:?} must not replace the config");
+            assert_eq!(rx.borrow().services.len(), 1);
+        }
+        std::fs::write(&path, "services: []\n").unwrap();
+        next_poll().await;
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().services.is_empty(), "an explicit empty list empties");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_invalid_first_file_is_an_error() {
         let path = temp_file("listen: nowhere");
         let err = StaticFile::start(&path, POLL_INTERVAL).err().expect("rejected");
         assert!(err.to_string().contains("is not valid"), "{err}");
+        std::fs::write(&path, "\n").unwrap();
+        let err = StaticFile::start(&path, POLL_INTERVAL).err().expect("rejected");
+        assert!(err.to_string().contains("is empty"), "{err}");
         std::fs::remove_file(&path).unwrap();
     }
 }
