@@ -240,7 +240,7 @@ async fn serve(
     for listener in listeners {
         accepting.spawn(proxy.clone().serve(listener));
     }
-    tasks.spawn(reconciler.run(desired, metrics.clone()));
+    tasks.spawn(reconciler.run(desired, discovery.rejections(), metrics.clone()));
 
     let outcome = tokio::select! {
         ended = serve_until_the_end(pin_dir, offered, &mut stops) => Ok(ended),

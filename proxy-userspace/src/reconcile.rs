@@ -93,12 +93,27 @@ impl Reconciler {
     }
 
     /// Applies every new desired state, and follows the namespaces in between, until
-    /// discovery ends.
-    pub async fn run(mut self, mut desired: watch::Receiver<Arc<Desired>>, metrics: Arc<Metrics>) {
+    /// discovery ends. Versions discovery itself `rejected` count as rejected updates.
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Arc<Desired>>,
+        mut rejected: watch::Receiver<u64>,
+        metrics: Arc<Metrics>,
+    ) {
         let mut follow = tokio::time::interval(FOLLOW_INTERVAL);
         follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut counted = *rejected.borrow_and_update();
+        let mut listening = true;
         loop {
             tokio::select! {
+                changed = rejected.changed(), if listening => {
+                    listening = changed.is_ok();
+                    let now = *rejected.borrow_and_update();
+                    for _ in counted..now {
+                        metrics.config_update(false);
+                    }
+                    counted = now;
+                }
                 changed = desired.changed() => {
                     if changed.is_err() {
                         return;

@@ -35,6 +35,14 @@ pub fn pending_orig_dst(pin_dir: &Path) -> anyhow::Result<usize> {
     Ok(map.keys().count())
 }
 
+/// How many VIPs the kernel steers.
+pub fn vip_count(pin_dir: &Path) -> anyhow::Result<usize> {
+    let path = pin_dir.join(map_names::VIPS);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let map = HashMap::<_, proxy_common::SockAddr, u8>::try_from(Map::HashMap(data))?;
+    Ok(map.keys().count())
+}
+
 /// How long ago the agent last wrote its heartbeat, by the clock the kernel reads.
 pub fn heartbeat_age(pin_dir: &Path) -> anyhow::Result<Duration> {
     let path = pin_dir.join(map_names::AGENT);

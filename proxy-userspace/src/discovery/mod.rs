@@ -113,6 +113,12 @@ pub trait Discovery: Send + Sync + 'static {
     fn reloads(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+
+    /// How many new versions of its source discovery has rejected so far (an invalid
+    /// config file), as it changes.
+    fn rejections(&self) -> watch::Receiver<u64> {
+        watch::channel(0).1
+    }
 }
 
 impl Desired {

@@ -22,6 +22,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub struct StaticFile {
     rx: watch::Receiver<Arc<Desired>>,
     reload: Arc<Notify>,
+    rejected: watch::Receiver<u64>,
 }
 
 impl StaticFile {
@@ -39,8 +40,9 @@ impl StaticFile {
             last_text: text,
         };
         let reload = Arc::new(Notify::new());
-        tokio::spawn(poller.run(tx, interval, reload.clone()));
-        Ok((Self { rx, reload }, config))
+        let (rejections, rejected) = watch::channel(0);
+        tokio::spawn(poller.run(tx, interval, reload.clone(), rejections));
+        Ok((Self { rx, reload, rejected }, config))
     }
 }
 
@@ -52,6 +54,17 @@ impl Discovery for StaticFile {
     fn reloads(&self) -> Option<Arc<Notify>> {
         Some(self.reload.clone())
     }
+
+    fn rejections(&self) -> watch::Receiver<u64> {
+        self.rejected.clone()
+    }
+}
+
+/// What one look at the file found.
+enum Checked {
+    Same,
+    Rejected,
+    New(Desired),
 }
 
 struct Poller {
@@ -63,7 +76,13 @@ struct Poller {
 }
 
 impl Poller {
-    async fn run(mut self, tx: watch::Sender<Arc<Desired>>, interval: Duration, now: Arc<Notify>) {
+    async fn run(
+        mut self,
+        tx: watch::Sender<Arc<Desired>>,
+        interval: Duration,
+        now: Arc<Notify>,
+        rejections: watch::Sender<u64>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !tx.is_closed() {
@@ -71,18 +90,22 @@ impl Poller {
                 _ = ticker.tick() => {}
                 () = now.notified() => self.last_text.clear(),
             }
-            if let Some(desired) = self.check() {
-                tx.send_if_modified(|current| {
-                    let changed = **current != desired;
-                    *current = Arc::new(desired);
-                    changed
-                });
+            match self.check() {
+                Checked::Same => {}
+                Checked::Rejected => rejections.send_modify(|n| *n += 1),
+                Checked::New(desired) => {
+                    tx.send_if_modified(|current| {
+                        let changed = **current != desired;
+                        *current = Arc::new(desired);
+                        changed
+                    });
+                }
             }
         }
     }
 
-    /// Reads the file; returns the new desired state if it changed and is valid.
-    fn check(&mut self) -> Option<Desired> {
+    /// Reads the file: the new desired state if it changed and is valid.
+    fn check(&mut self) -> Checked {
         let text = match read(&self.path) {
             Ok(text) => text,
             Err(err) => {
@@ -90,11 +113,11 @@ impl Poller {
                     warn!("{err}; keeping the last good config");
                 }
                 self.last_text.clear();
-                return None;
+                return Checked::Same;
             }
         };
         if text == self.last_text {
-            return None;
+            return Checked::Same;
         }
         self.last_text = text;
         let parsed = Config::parse(&self.path, &self.last_text).map_err(|e| e.to_string());
@@ -109,36 +132,28 @@ impl Poller {
                 );
                 let desired = Desired::from(&config);
                 self.current = config;
-                Some(desired)
+                Checked::New(desired)
             }
             Err(problem) => {
                 error!("config reload rejected: {problem}; keeping the last good config");
-                None
+                Checked::Rejected
             }
         }
     }
 
-    /// Refuses a new file that would drop every service or enrolled namespace without
-    /// saying so: one truncated before its `services` or `enroll` key.
+    /// Refuses a new file that would drop every service without saying so: one
+    /// truncated before its `services` key.
     fn not_emptied_by_accident(&self, new: Config) -> Result<Config, String> {
-        let keys = crate::config::keys(&self.last_text);
-        let dropped = |key: &str, had: bool, has: bool| {
-            (had && !has && !keys.iter().any(|k| k == key)).then(|| {
-                format!(
-                    "config file {}: no `{key}` key, which would remove every one of them \
-                     (a truncated file?); write `{key}:` with an empty list to mean that",
-                    self.path.display()
-                )
-            })
-        };
-        let services =
-            dropped("services", !self.current.services.is_empty(), !new.services.is_empty());
-        let enroll =
-            dropped("enroll", !self.current.enroll.netns.is_empty(), !new.enroll.netns.is_empty());
-        match services.or(enroll) {
-            Some(problem) => Err(problem),
-            None => Ok(new),
+        let had = !self.current.services.is_empty();
+        let says = crate::config::keys(&self.last_text).iter().any(|k| k == "services");
+        if had && new.services.is_empty() && !says {
+            return Err(format!(
+                "config file {}: no `services` key, which would remove every service (a \
+                 truncated file?); write `services: []` to mean that",
+                self.path.display()
+            ));
         }
+        Ok(new)
     }
 
     fn warn_fixed_fields(&self, new: &Config) {
@@ -217,12 +232,14 @@ mod tests {
         let path = temp_file(ONE);
         let (discovery, _) = StaticFile::start(&path, POLL_INTERVAL).unwrap();
         let mut rx = discovery.watch();
+        let rejected = discovery.rejections();
         for accident in ["", "# just a comment\n", "listen: 169.254.77.1:15001\n"] {
             std::fs::write(&path, accident).unwrap();
             next_poll().await;
             assert!(!rx.has_changed().unwrap(), "{accident:?} must not replace the config");
             assert_eq!(rx.borrow().services.len(), 1);
         }
+        assert_eq!(*rejected.borrow(), 3, "each rejection counted");
         std::fs::write(&path, "services: []\n").unwrap();
         next_poll().await;
         assert!(rx.has_changed().unwrap());

@@ -40,6 +40,10 @@
 //!   sk-pod http1-hold --to ADDR
 //!       Sends one HTTP/1.1 GET, prints `response STATUS-LINE` once the head arrives,
 //!       keeps the connection, and prints `ended: eof` or `ended: ERROR` when it ends.
+//!   sk-pod pause
+//!       Waits forever, as a Pod's sandbox process. The stdin line `become NETNS
+//!       CGROUP` moves it into another network namespace and cgroup (a process that
+//!       inherited a Pod process's PID); it prints `became`.
 //!   sk-pod cpu-burn --threads N --duration-ms D
 //!       Keeps N threads busy (no syscalls) for D ms: a saturated node.
 
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         }
         "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
         "http1-hold" => http1_hold(get("to")?.parse()?),
+        "pause" => pause(),
         "cpu-burn" => {
             burn(get("threads")?.parse()?, millis(&flags, "duration-ms", 10_000)?);
             Ok(())
@@ -405,6 +410,22 @@ fn junk(to: SocketAddr, hold: Duration) -> anyhow::Result<()> {
     drop((garbage, half, silent));
     println!("junk: done");
     Ok(())
+}
+
+fn pause() -> anyhow::Result<()> {
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ["become", netns, cgroup] = words[..] else { continue };
+        sandbox::enter_netns(&std::fs::File::open(netns)?).context("setns")?;
+        std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), "0")
+            .context("moving to the cgroup")?;
+        println!("became");
+    }
+    // stdin closed: wait to be killed, as a sandbox process would.
+    loop {
+        std::thread::park();
+    }
 }
 
 fn http1_hold(to: SocketAddr) -> anyhow::Result<()> {
