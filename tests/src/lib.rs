@@ -26,7 +26,7 @@ mod proc;
 pub mod rolling;
 mod sys;
 
-pub use agent::{ADMIN, Agent, http_get};
+pub use agent::{ADMIN, ADMIN_CONNECTIONS, Agent, http_get};
 pub use echo_node::EchoNode;
 pub use grpc_node::GrpcNode;
 pub use netns::Netns;

@@ -87,7 +87,7 @@ impl Kernel {
         prepare_pin_dir(&options.pin_dir, &options.capacity)?;
         Self::load_pinned(options).inspect_err(|_| {
             if created && let Err(err) = remove_pin_dir(&options.pin_dir) {
-                warn!("cannot remove {}: {err}", options.pin_dir.display());
+                warn!("cannot remove {}: {}", options.pin_dir.display(), crate::Chain(&err));
             }
         })
     }
@@ -313,7 +313,10 @@ fn accelerate(ebpf: &mut Ebpf) -> bool {
     match attached {
         Ok(()) => true,
         Err(err) => {
-            warn!("socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {err}");
+            warn!(
+                "socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {}",
+                crate::Chain(&err)
+            );
             false
         }
     }

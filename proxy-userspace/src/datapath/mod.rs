@@ -12,7 +12,7 @@ mod recorder;
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
 
 pub use kernel::{Kernel, KernelOptions};
-pub use mounts::cgroup2_root;
+pub use mounts::{cgroup2_root, require_cgroup2};
 use proxy_common::{Counter, OrigDst};
 pub use recorder::Recorder;
 
@@ -48,13 +48,13 @@ pub trait Datapath: Send + Sync + 'static {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Map {
         what: String,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("cannot load or attach the kernel programs: {what}: {source}")]
+    #[error("cannot load or attach the kernel programs: {what}")]
     Program {
         what: String,
         #[source]
@@ -62,7 +62,10 @@ pub enum DatapathError {
     },
     #[error("{path}: {problem}")]
     Setup { path: PathBuf, problem: String },
-    #[error("{path}: {source}")]
+    /// A command-line flag names something unusable.
+    #[error("{flag} {path}: {problem}")]
+    Flag { flag: &'static str, path: PathBuf, problem: String },
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
