@@ -148,7 +148,19 @@ impl Admin {
                 [("error".to_string(), crate::Chain(&err).to_string().into())].into_iter().collect()
             }
         };
-        let state = json!({ "ready": self.readiness.get(), "services": services, "kernel_counters": kernel });
+        let maps: serde_json::Map<String, serde_json::Value> = self
+            .datapath
+            .usage()
+            .into_iter()
+            .map(|m| (m.map.into(), json!({"entries": m.entries, "capacity": m.capacity})))
+            .collect();
+        let state = json!({
+            "ready": self.readiness.get(),
+            "full": self.datapath.full(),
+            "services": services,
+            "kernel_maps": maps,
+            "kernel_counters": kernel,
+        });
         serde_json::to_string_pretty(&state).unwrap_or_default()
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent;
 pub mod balance;
 pub mod claim;
+pub mod commands;
 pub mod config;
 pub mod datapath;
 pub mod discovery;

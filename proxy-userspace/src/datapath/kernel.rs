@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{
-    Datapath, DatapathError,
+    Datapath, DatapathError, MapUsage,
     mounts::{require_bpffs, require_cgroup2},
 };
 use crate::{config::Capacity, sys};
@@ -62,6 +62,8 @@ pub struct Kernel {
     /// The agent's state as the kernel reads it; the heartbeat and the flags change.
     state: Mutex<AgentState>,
     capacity: Capacity,
+    /// Entries the agent put in the VIP and enrolled maps.
+    filled: Mutex<(usize, usize)>,
     enrolled: Mutex<HashMap<MapData, u64, u8>>,
     vips: Mutex<HashMap<MapData, SockAddr, u8>>,
     agent: Mutex<Array<MapData, AgentState>>,
@@ -123,6 +125,7 @@ impl Kernel {
         };
         let kernel = Self {
             capacity: options.capacity,
+            filled: Mutex::default(),
             enrolled: Mutex::new(take_map(&mut ebpf, map_names::ENROLLED)?),
             vips: Mutex::new(take_map(&mut ebpf, map_names::VIPS)?),
             agent: Mutex::new(take_map(&mut ebpf, map_names::AGENT)?),
@@ -199,7 +202,9 @@ impl Datapath for Kernel {
     }
 
     fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError> {
-        reconcile(&mut lock(&self.enrolled), cookies, enrolled::STEER, map_names::ENROLLED)
+        reconcile(&mut lock(&self.enrolled), cookies, enrolled::STEER, map_names::ENROLLED)?;
+        lock(&self.filled).1 = cookies.len();
+        Ok(())
     }
 
     fn set_netns_full(&self, cookie: u64, full: bool) -> Result<(), DatapathError> {
@@ -214,7 +219,18 @@ impl Datapath for Kernel {
 
     fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError> {
         let vips = vips.iter().map(|vip| SockAddr::from(*vip)).collect();
-        reconcile(&mut lock(&self.vips), &vips, 1, map_names::VIPS)
+        reconcile(&mut lock(&self.vips), &vips, 1, map_names::VIPS)?;
+        lock(&self.filled).0 = vips.len();
+        Ok(())
+    }
+
+    fn usage(&self) -> Vec<MapUsage> {
+        let (services, pods) = *lock(&self.filled);
+        MapUsage::of(&self.capacity, services, pods)
+    }
+
+    fn full(&self) -> bool {
+        lock(&self.state).full()
     }
 
     fn set_full(&self, full: bool) -> Result<(), DatapathError> {
