@@ -376,6 +376,18 @@ impl Pod {
         count: usize,
         concurrency: usize,
     ) -> anyhow::Result<Report> {
+        self.probe_within(target, count, concurrency, Duration::from_secs(2))
+    }
+
+    /// [`Pod::probe`] giving each connection `timeout` to connect and to echo (on a
+    /// node loaded on purpose).
+    pub fn probe_within(
+        &self,
+        target: SocketAddr,
+        count: usize,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Report> {
         let args = [
             "tcp-probe".to_string(),
             "--to".into(),
@@ -384,6 +396,8 @@ impl Pod {
             count.to_string(),
             "--concurrency".into(),
             concurrency.to_string(),
+            "--timeout-ms".into(),
+            timeout.as_millis().to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut proc = self.spawn(&args)?;
