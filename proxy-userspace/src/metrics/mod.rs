@@ -22,8 +22,8 @@ use crate::{
 };
 pub use labels::OTHER;
 use labels::{
-    LimitLabel, ProtocolLabel, ServiceCode, ServiceLabel, ServiceNames, ServiceProtocol,
-    ServiceReason, ServiceState,
+    LimitLabel, ProtocolLabel, ServiceCode, ServiceKind, ServiceLabel, ServiceNames,
+    ServiceProtocol, ServiceReason, ServiceState,
 };
 
 /// Services with a label value of their own; the rest are counted as `other`.
@@ -49,6 +49,8 @@ pub struct Metrics {
     connections: Family<ProtocolLabel, Gauge>,
     limit_hits: Family<LimitLabel, Counter>,
     latency: Family<ServiceLabel, Histogram>,
+    tunnels: Family<ServiceKind, Counter>,
+    open_tunnels: Family<ServiceLabel, Gauge>,
 }
 
 impl Metrics {
@@ -68,6 +70,8 @@ impl Metrics {
             connections: Family::default(),
             limit_hits: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            tunnels: Family::default(),
+            open_tunnels: Family::default(),
             names: names.clone(),
             registry: Registry::default(),
         };
@@ -124,6 +128,12 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             metrics.latency.clone(),
         );
+        r.register(
+            "tunnels",
+            "Calls that became byte tunnels (an Upgrade answered 101, a CONNECT answered 2xx)",
+            metrics.tunnels.clone(),
+        );
+        r.register("open_tunnels", "Tunnels open now, per service", metrics.open_tunnels.clone());
         r.register_collector(Box::new(collectors::KernelCounters(datapath)));
         r.register_collector(Box::new(collectors::EndpointStates { state, names }));
         Arc::new(Self { registry, ..metrics })
@@ -191,6 +201,15 @@ impl Metrics {
     /// Counts a downstream connection as open until the guard drops.
     pub fn connection(&self, protocol: &'static str) -> ConnectionGuard {
         let gauge = self.connections.get_or_create(&ProtocolLabel { protocol }).clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// Counts a tunnel of `kind` (`upgrade` or `connect`), open until the guard drops.
+    pub fn tunnel(&self, service: &str, kind: &'static str) -> ConnectionGuard {
+        let service = self.service(service);
+        self.tunnels.get_or_create(&ServiceKind { service: service.clone(), kind }).inc();
+        let gauge = self.open_tunnels.get_or_create(&ServiceLabel { service }).clone();
         gauge.inc();
         ConnectionGuard(gauge)
     }

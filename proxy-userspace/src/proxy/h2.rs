@@ -1,6 +1,7 @@
 //! HTTP/2 from the client: the agent terminates the connection and balances each
-//! request (stream) on its own. On shutdown it sends GOAWAY and lets the requests in
-//! flight finish.
+//! request (stream) on its own; extended CONNECT (RFC 8441) is offered, and becomes a
+//! tunnel to the endpoint that accepts it. On shutdown it sends GOAWAY and lets the
+//! requests in flight finish.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use tokio::{
 };
 use tracing::debug;
 
-use super::forward::forward;
+use super::call;
 use crate::upstream::Balancer;
 
 /// Pings an idle client this often, and drops it if a ping goes unanswered this long.
@@ -23,15 +24,16 @@ pub async fn serve<S>(io: S, balancer: Arc<Balancer>, mut shutdown: watch::Recei
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    let handler = hyper::service::service_fn(move |req| {
         let balancer = balancer.clone();
-        async move { Ok::<_, Infallible>(forward(&balancer, req).await) }
+        async move { Ok::<_, Infallible>(call::handle(&balancer, req).await) }
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(CLIENT_KEEPALIVE)
         .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
+        .enable_connect_protocol()
+        .serve_connection(TokioIo::new(io), handler);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -4,7 +4,7 @@
 //! refused: the listener is not an open proxy.
 
 pub mod body;
-mod forward;
+mod call;
 pub mod grpc;
 mod h2;
 mod http1;
