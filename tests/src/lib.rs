@@ -20,11 +20,14 @@ mod kube_proxy;
 mod names;
 mod netns;
 pub mod node;
+pub mod pattern;
 pub mod plot;
 pub mod probe;
 mod proc;
 pub mod rolling;
 mod sys;
+pub mod web;
+pub mod web_node;
 
 pub use agent::{ADMIN, Agent, http_get};
 pub use echo_node::EchoNode;
@@ -33,6 +36,7 @@ pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
 pub use sys::{catch_interrupt, interrupted, monotonic_ns, raise_nofile_limit};
+pub use web_node::WebNode;
 
 use std::time::{Duration, Instant};
 

@@ -3,11 +3,7 @@
 //! dead or frozen peer (one that neither answers nor resets) within [`KEEPALIVE`]
 //! twice over: a stream to a killed endpoint fails that fast, never stalls.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response};
@@ -16,10 +12,13 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, task::AbortHandle};
+use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::http1::{Http1Pool, is_upgrade};
+use super::{
+    http1::{Http1Pool, is_upgrade},
+    socket::{Socket, Sockets},
+};
 use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
 
 /// Ping interval, and how long a ping may go unanswered.
@@ -54,8 +53,8 @@ pub struct Upstream {
     http1: Http1Pool,
     /// The HTTP/2 connection new requests go to.
     live: ArcSwapOption<http2::SendRequest<ProxyBody>>,
-    /// Every connection still running, retired ones included.
-    tasks: Mutex<Vec<AbortHandle>>,
+    /// The sockets of every connection still open, retired ones included.
+    sockets: Sockets,
     /// One HTTP/2 connect at a time per endpoint.
     connecting: tokio::sync::Mutex<()>,
     /// Turns true when the endpoint is gone: requests in flight to it give up.
@@ -68,7 +67,7 @@ impl Upstream {
             addr,
             http1: Http1Pool::default(),
             live: ArcSwapOption::empty(),
-            tasks: Mutex::default(),
+            sockets: Sockets::default(),
             connecting: Default::default(),
             closed: tokio::sync::watch::Sender::new(false),
         })
@@ -112,13 +111,13 @@ impl Upstream {
         if let Some(sender) = self.ready_sender() {
             return Ok(sender);
         }
-        let stream = connect(self.addr, connect_timeout).await?;
+        let stream = self.connect(connect_timeout).await?;
         let (sender, connection) =
             h2_client().handshake(TokioIo::new(stream)).await.map_err(|err| {
                 debug!(endpoint = %self.addr, "h2 handshake failed: {err}");
                 SendError::Reset
             })?;
-        self.track(connection);
+        self.run(connection);
         self.live.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
@@ -127,33 +126,34 @@ impl Upstream {
         &self,
         connect_timeout: Duration,
     ) -> Result<http1::SendRequest<ProxyBody>, SendError> {
-        let stream = connect(self.addr, connect_timeout).await?;
+        let stream = self.connect(connect_timeout).await?;
         let (sender, connection) =
             http1::handshake(TokioIo::new(stream)).await.map_err(|_| SendError::Reset)?;
-        self.track(connection.with_upgrades());
+        self.run(connection.with_upgrades());
         Ok(sender)
     }
 
-    /// Runs a connection until it ends, or until the endpoint is gone.
-    fn track<F, E>(&self, connection: F)
+    /// A connection to the endpoint whose socket [`Upstream::close`] can shut down.
+    async fn connect(&self, timeout: Duration) -> Result<Socket, SendError> {
+        let stream = connect(self.addr, timeout).await?;
+        self.sockets.track(stream).map_err(|err| {
+            debug!(endpoint = %self.addr, "cannot keep a handle on the socket: {err}");
+            SendError::Connect(LocalOriginFailure::ConnectRefused)
+        })
+    }
+
+    /// Runs a connection until it ends.
+    fn run<F, E>(&self, connection: F)
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
         let addr = self.addr;
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             if let Err(err) = connection.await {
                 debug!(endpoint = %addr, "upstream connection ended: {err}");
             }
-        })
-        .abort_handle();
-        let mut tasks = self.tasks();
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
-    }
-
-    fn tasks(&self) -> MutexGuard<'_, Vec<AbortHandle>> {
-        self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
     }
 
     fn ready_sender(&self) -> Option<http2::SendRequest<ProxyBody>> {
@@ -178,16 +178,13 @@ impl Upstream {
     }
 
     /// Closes the connections now; requests in flight on them fail (and may be
-    /// retried), streams on them end.
+    /// retried), streams and tunnels on them end.
     pub fn close(&self) {
         self.closed.send_replace(true);
         self.live.store(None);
         self.http1.clear();
-        let tasks: Vec<AbortHandle> = self.tasks().drain(..).collect();
-        debug!(endpoint = %self.addr, connections = tasks.len(), "closing upstream connections");
-        for task in tasks {
-            task.abort();
-        }
+        let connections = self.sockets.shut_down();
+        debug!(endpoint = %self.addr, connections, "closed upstream connections");
     }
 }
 

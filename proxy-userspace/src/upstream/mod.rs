@@ -6,6 +6,7 @@
 
 mod conn;
 mod http1;
+mod socket;
 
 use std::{
     collections::HashMap,
