@@ -2,7 +2,7 @@
 //! WebSocket upgrades) and HTTP/2 with prior knowledge (h2c) on one port, and a client
 //! for each request shape (`sk-pod http-shape`).
 //!
-//! Routes: `POST /upload` reads the body and answers `{"backend","bytes","checksum"}`;
+//! Routes: `GET /` answers 200 (the health check); `POST /upload` reads the body and answers `{"backend","bytes","checksum"}`;
 //! `GET /stream?chunks=N&interval_ms=M` streams N lines `chunk I produced_ns=T`, M ms
 //! apart; `POST /trailers` echoes the body with trailers `x-checksum` and `x-note`
 //! (the request's `x-note` trailer); `GET /ws` is a WebSocket echo.

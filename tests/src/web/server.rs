@@ -51,6 +51,7 @@ async fn route(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>,
         "/stream" => stream(req.uri().query().unwrap_or("")),
         "/trailers" => trailers(req).await,
         "/ws" => websocket(req),
+        "/" => text(StatusCode::OK, "ok\n".into()),
         _ => text(StatusCode::NOT_FOUND, "no such route\n".into()),
     };
     Ok(response)
