@@ -1,7 +1,7 @@
 //! Plain HTTP through the agent, every shape a real client and server use: sized and
 //! chunked multi-MiB uploads, a streamed response, `Expect: 100-continue`, a WebSocket
-//! (an HTTP/1.1 Upgrade, tunnelled), and HTTP/2 with prior knowledge (h2c) with
-//! trailers both ways. Each request goes through the agent: the kernel steers the
+//! (an HTTP/1.1 Upgrade, tunnelled), HTTP/2 extended CONNECT (tunnelled), and HTTP/2
+//! with prior knowledge (h2c) with trailers both ways. Each request goes through the agent: the kernel steers the
 //! client's connect to the VIP, and the agent counts the request.
 
 use sandbox::{WebNode, serial};
@@ -62,5 +62,20 @@ fn a_websocket_becomes_a_tunnel_and_echoes_1000_messages() {
     assert_eq!(report.status, 101, "{report:?}");
     assert!(report.intact && report.messages == 1000, "{report:?}");
     let tunnels = agent.metric("sockeye_tunnels_total{service=\"web\",kind=\"upgrade\"}").unwrap();
+    assert_eq!(tunnels, Some(1.0), "counted as a tunnel");
+}
+
+#[test]
+fn an_h2_extended_connect_becomes_a_tunnel() {
+    let _serial = serial();
+    // One backend: the agent's connection to it has its SETTINGS once the GET before
+    // the CONNECT is answered.
+    let node = WebNode::new(1).unwrap();
+    let agent = node.start_agent(&node.service(&["w1"], "")).unwrap();
+    let report = node.shape("h2-connect", &["--count", "100"]).unwrap();
+    println!("h2-connect: {report:?}");
+    assert_eq!(report.status, 200, "{report:?}");
+    assert!(report.intact && report.messages == 100, "{report:?}");
+    let tunnels = agent.metric("sockeye_tunnels_total{service=\"web\",kind=\"connect\"}").unwrap();
     assert_eq!(tunnels, Some(1.0), "counted as a tunnel");
 }

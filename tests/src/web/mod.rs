@@ -5,7 +5,8 @@
 //! Routes: `GET /` answers 200 (the health check); `POST /upload` reads the body and answers `{"backend","bytes","checksum"}`;
 //! `GET /stream?chunks=N&interval_ms=M` streams N lines `chunk I produced_ns=T`, M ms
 //! apart; `POST /trailers` echoes the body with trailers `x-checksum` and `x-note`
-//! (the request's `x-note` trailer); `GET /ws` is a WebSocket echo.
+//! (the request's `x-note` trailer); `GET /ws` is a WebSocket echo; a CONNECT (HTTP/2
+//! extended CONNECT included) is answered 200 and its tunnel echoes bytes.
 
 pub mod server;
 pub mod shapes;

@@ -46,6 +46,9 @@ pub async fn run(port: u16, name: String) -> anyhow::Result<()> {
 }
 
 async fn route(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if req.method() == http::Method::CONNECT {
+        return Ok(connect_echo(req));
+    }
     let response = match req.uri().path() {
         "/upload" => upload(&name, req).await,
         "/stream" => stream(req.uri().query().unwrap_or("")),
@@ -122,6 +125,21 @@ async fn trailers(req: Request<Incoming>) -> Response<Body> {
     trailers.insert("x-note", note.unwrap_or(HeaderValue::from_static("none")));
     let frames = [Ok(Frame::data(data)), Ok(Frame::trailers(trailers))];
     Response::new(BodyExt::boxed(StreamBody::new(tokio_stream::iter(frames))))
+}
+
+/// Accepts a CONNECT (HTTP/2 extended CONNECT too) and echoes the tunnel's bytes.
+fn connect_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let (mut from, mut to) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            }
+            Err(err) => eprintln!("CONNECT upgrade: {err}"),
+        }
+    });
+    text(StatusCode::OK, String::new())
 }
 
 /// Answers the WebSocket handshake with 101, then echoes every message.

@@ -8,6 +8,8 @@
 //! - `expect`: POST with `Expect: 100-continue`, sending the body only after the
 //!   interim 100 response.
 //! - `websocket`: `--count` text messages, each echoed before the next is sent.
+//! - `h2-connect`: HTTP/2 extended CONNECT (`:protocol echo`) after a GET on the same
+//!   connection, then `--count` lines through the tunnel, each echoed.
 //! - `h2c-trailers`: HTTP/2 with prior knowledge, a body with trailers, answered with
 //!   the body echoed and trailers.
 
@@ -66,6 +68,7 @@ pub async fn run(to: SocketAddr, shape: &str, bytes: u64, count: u64) -> anyhow:
         "expect" => expect(to, bytes).await?,
         "websocket" => websocket(to, count).await?,
         "h2c-trailers" => h2c_trailers(to, bytes).await?,
+        "h2-connect" => h2_connect(to, count).await?,
         _ => bail!("unknown shape {shape:?}"),
     };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -251,4 +254,28 @@ async fn h2c_trailers(to: SocketAddr, bytes: u64) -> anyhow::Result<WebReport> {
         bytes: echoed.len() as u64,
         ..Default::default()
     })
+}
+
+async fn h2_connect(to: SocketAddr, count: u64) -> anyhow::Result<WebReport> {
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), connect(to).await?).await?;
+    tokio::spawn(connection);
+    // The peer's SETTINGS (which allow extended CONNECT) have come once a GET is answered.
+    let get = Request::get(format!("http://{to}/")).body(Empty::<Bytes>::new())?;
+    sender.send_request(get).await?.into_body().collect().await?;
+    let mut connect = Request::connect(format!("http://{to}/echo")).body(Empty::<Bytes>::new())?;
+    connect.extensions_mut().insert(hyper::ext::Protocol::from_static("echo"));
+    let mut response = sender.send_request(connect).await?;
+    let mut report =
+        WebReport { status: response.status().as_u16(), intact: true, ..Default::default() };
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(&mut response).await?);
+    for i in 0..count {
+        let line = format!("message {i}\n");
+        tunnel.write_all(line.as_bytes()).await?;
+        let mut back = vec![0u8; line.len()];
+        tunnel.read_exact(&mut back).await?;
+        report.intact &= back == line.as_bytes();
+        report.messages += 1;
+    }
+    Ok(report)
 }
