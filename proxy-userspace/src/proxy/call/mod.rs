@@ -50,8 +50,8 @@ struct Head {
     uri: http::Uri,
     version: http::Version,
     headers: http::HeaderMap,
-    /// The `:protocol` of an HTTP/2 extended CONNECT.
-    protocol: Option<hyper::ext::Protocol>,
+    /// The `:protocol` pseudo-header of an HTTP/2 extended CONNECT.
+    connect_protocol: Option<hyper::ext::Protocol>,
 }
 
 /// A call on its way: what the client asked, and the deadlines it runs under.
@@ -74,7 +74,7 @@ impl Call {
             uri: parts.uri,
             version: parts.version,
             headers: parts.headers,
-            protocol: parts.extensions.remove(),
+            connect_protocol: parts.extensions.remove(),
         };
         Self {
             head,
@@ -97,7 +97,7 @@ impl Call {
         *req.uri_mut() = self.head.uri.clone();
         *req.version_mut() = self.head.version;
         *req.headers_mut() = self.head.headers.clone();
-        if let Some(protocol) = &self.head.protocol {
+        if let Some(protocol) = &self.head.connect_protocol {
             req.extensions_mut().insert(protocol.clone());
         }
         req
