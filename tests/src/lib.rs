@@ -59,6 +59,15 @@ pub fn wait_for<T>(
     }
 }
 
+/// Reads the JSON report a sandbox program prints as its last non-empty line.
+pub fn last_json_line<T: serde::de::DeserializeOwned>(
+    output: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    serde_json::from_str(line).map_err(|e| anyhow::anyhow!("no {what} ({e}) in: {output}"))
+}
+
 /// Finds one of the workspace's binaries (`sockeye`, `sk-pod`) next to the running
 /// executable, or in `$SOCKEYE_BIN_DIR`.
 pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {

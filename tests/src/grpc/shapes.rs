@@ -10,7 +10,7 @@ use http::uri::PathAndQuery;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Status, Streaming, client::Grpc, transport::Channel};
+use tonic::{Request, Status, Streaming, client::Grpc, transport::Channel};
 use tonic_prost::ProstCodec;
 
 use super::{
@@ -83,8 +83,7 @@ pub struct ShapeReport {
 impl ShapeReport {
     /// Reads the report from `grpc-shape`'s output (its last non-empty line).
     pub fn parse(output: &str) -> anyhow::Result<Self> {
-        let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        serde_json::from_str(line)
+        crate::last_json_line(output, "shape report")
             .map_err(|e| anyhow::anyhow!("no shape report ({e}) in: {output}"))
     }
 
@@ -174,7 +173,7 @@ async fn fetch(
         report.saw(&chunk.backend);
         report.received += 1;
         bytes += chunk.payload.len() as u64;
-        if report.received % 100 == 0 {
+        if report.received.is_multiple_of(100) {
             println!("received {} t_ns={}", report.received, monotonic_ns());
         }
         if let Some(rate) = options.read_rate {
@@ -191,8 +190,27 @@ async fn upload(
     options: &Options,
     report: &mut ShapeReport,
 ) -> Result<bool, Status> {
-    let (tx, rx) = mpsc::channel(1);
-    let (count, size, pause) = (options.count, options.size, options.pause);
+    let (count, size) = (options.count, options.size);
+    let (rx, sender) = send_chunks(1, count, size, options.pause);
+    let request = Request::new(ReceiverStream::new(rx));
+    let reply = grpc.client_streaming(request, path(UPLOAD_PATH), ProstCodec::default()).await;
+    let checksum = sender.await.map_err(|e| Status::internal(e.to_string()))?;
+    let reply: UploadReply = reply?.into_inner();
+    report.sent = count;
+    report.received = reply.count;
+    report.saw(&reply.backend);
+    Ok(reply.count == count && reply.bytes == count * size as u64 && reply.checksum == checksum.0)
+}
+
+/// Sends `count` chunks of `size` bytes, `pause` apart, through a channel of
+/// `buffer`; the task ends with their checksum.
+fn send_chunks(
+    buffer: usize,
+    count: u64,
+    size: usize,
+    pause: Duration,
+) -> (mpsc::Receiver<Chunk>, tokio::task::JoinHandle<Fnv>) {
+    let (tx, rx) = mpsc::channel(buffer);
     let sender = tokio::spawn(async move {
         let mut checksum = Fnv::default();
         for seq in 0..count {
@@ -208,14 +226,7 @@ async fn upload(
         }
         checksum
     });
-    let request = Request::new(ReceiverStream::new(rx));
-    let reply = grpc.client_streaming(request, path(UPLOAD_PATH), ProstCodec::default()).await;
-    let checksum = sender.await.map_err(|e| Status::internal(e.to_string()))?;
-    let reply: UploadReply = reply?.into_inner();
-    report.sent = count;
-    report.received = reply.count;
-    report.saw(&reply.backend);
-    Ok(reply.count == count && reply.bytes == count * size as u64 && reply.checksum == checksum.0)
+    (rx, sender)
 }
 
 /// Ping-pong: the next message goes only after the reply to the last came back. As
@@ -278,19 +289,8 @@ async fn bulk(
     options: &Options,
     report: &mut ShapeReport,
 ) -> Result<bool, Status> {
-    let (tx, rx) = mpsc::channel(8);
-    let (count, size) = (options.count, options.size);
-    let sender = tokio::spawn(async move {
-        let mut checksum = Fnv::default();
-        for seq in 0..count {
-            let payload = payload(seq, size);
-            checksum.add(&payload);
-            if tx.send(Chunk { seq, payload, backend: String::new() }).await.is_err() {
-                break;
-            }
-        }
-        checksum
-    });
+    let count = options.count;
+    let (rx, sender) = send_chunks(8, count, options.size, Duration::ZERO);
     let mut replies: Streaming<Chunk> = grpc
         .streaming(Request::new(ReceiverStream::new(rx)), path(CHAT_PATH), ProstCodec::default())
         .await?
@@ -305,9 +305,4 @@ async fn bulk(
     let sent = sender.await.map_err(|e| Status::internal(e.to_string()))?;
     report.sent = count;
     Ok(in_order && report.received == count && checksum == sent)
-}
-
-/// The gRPC code a report's `code` names.
-pub fn code_name(code: Code) -> String {
-    format!("{code:?}")
 }

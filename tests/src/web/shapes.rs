@@ -54,8 +54,7 @@ pub struct WebReport {
 impl WebReport {
     /// Reads the report from `http-shape`'s output (its last non-empty line).
     pub fn parse(output: &str) -> anyhow::Result<Self> {
-        let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("no web report ({e}) in: {output}"))
+        crate::last_json_line(output, "web report")
     }
 }
 
