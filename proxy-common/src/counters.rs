@@ -34,10 +34,15 @@ pub enum Counter {
     /// Not steered: the agent's listener is open but its heartbeat is stale, so it
     /// hangs (fail open).
     SkipAgentStale,
+    /// Not steered: the agent is at its connection cap or out of descriptors
+    /// (overload fails open).
+    SkipAgentFull,
+    /// Not steered: the socket's Pod (network namespace) is at its connection cap.
+    SkipPodFull,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 16] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -52,6 +57,8 @@ impl Counter {
         Counter::AccelRedirected,
         Counter::AccelFallback,
         Counter::SkipAgentStale,
+        Counter::SkipAgentFull,
+        Counter::SkipPodFull,
     ];
     /// Size of the counters array; leaves room for counters added later.
     pub const SLOTS: u32 = 32;
@@ -73,6 +80,8 @@ impl Counter {
             Counter::AccelRedirected => "accel_redirected",
             Counter::AccelFallback => "accel_fallback",
             Counter::SkipAgentStale => "skip_agent_stale",
+            Counter::SkipAgentFull => "skip_agent_full",
+            Counter::SkipPodFull => "skip_pod_full",
         }
     }
 }

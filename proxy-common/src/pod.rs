@@ -1,7 +1,7 @@
 //! `aya::Pod` for the shared map types, so userspace can read and write them.
 #![allow(unsafe_code)]
 
-use crate::{AgentState, FourTuple, SockAddr};
+use crate::{AgentState, FourTuple, OrigDst, SockAddr};
 
 // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (4×u32 + 2×u16).
 unsafe impl aya::Pod for SockAddr {}
@@ -9,3 +9,5 @@ unsafe impl aya::Pod for SockAddr {}
 unsafe impl aya::Pod for FourTuple {}
 // SAFETY: `#[repr(C)]`, 2×u64 followed by two 20-byte `SockAddr`s: no padding.
 unsafe impl aya::Pod for AgentState {}
+// SAFETY: `#[repr(C)]`, a 20-byte `SockAddr`, a u32 and a u64 at offset 24: no padding.
+unsafe impl aya::Pod for OrigDst {}

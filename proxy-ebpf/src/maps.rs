@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
-use proxy_common::{AgentState, Counter, FourTuple, SockAddr, map_sizes};
+use proxy_common::{AgentState, Counter, FourTuple, OrigDst, SockAddr, map_sizes};
 
 #[map(name = "SK_ENROLLED")]
 pub static ENROLLED: HashMap<u64, u8> = HashMap::pinned(map_sizes::ENROLLED, 0);
@@ -17,12 +17,11 @@ pub static VIPS: HashMap<SockAddr, u8> = HashMap::pinned(map_sizes::VIPS, 0);
 pub static AGENT: Array<AgentState> = Array::pinned(1, 0);
 
 #[map(name = "SK_ORIG_COOKIE")]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, SockAddr> =
-    LruHashMap::pinned(map_sizes::ORIG_BY_COOKIE, 0);
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(map_sizes::ORIG_DST, 0);
 
 #[map(name = "SK_ORIG_TUPLE")]
-pub static ORIG_BY_TUPLE: LruHashMap<FourTuple, SockAddr> =
-    LruHashMap::pinned(map_sizes::ORIG_BY_TUPLE, 0);
+pub static ORIG_BY_TUPLE: LruHashMap<FourTuple, OrigDst> =
+    LruHashMap::pinned(map_sizes::ORIG_DST, 0);
 
 #[map(name = "SK_SOCKS")]
 pub static SOCKS: SockHash<FourTuple> = SockHash::pinned(map_sizes::SOCKS, 0);

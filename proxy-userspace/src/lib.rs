@@ -8,13 +8,27 @@ pub mod balance;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
+pub mod drain;
+pub mod enroll;
 pub mod eviction;
 pub mod handoff;
 pub mod health;
+pub mod liveness;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod reconcile;
 pub mod retry;
+pub mod signals;
 pub mod state;
 mod sys;
 pub mod upstream;
+
+/// The message a panic carried, for the log line that reports it.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

@@ -35,7 +35,7 @@ pub use grpc_node::GrpcNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
-pub use sys::{catch_interrupt, interrupted, monotonic_ns, raise_nofile_limit};
+pub use sys::{catch_interrupt, enter_netns, interrupted, monotonic_ns, raise_nofile_limit};
 pub use web_node::WebNode;
 
 use std::time::{Duration, Instant};

@@ -296,12 +296,15 @@ impl Pod {
     /// Starts a stand-in for the Pod's sandbox ("pause") process, in a kubelet-style
     /// cgroup `kubepods/pod<uid>` below the test cgroup: where `sockeye run --kube`
     /// finds the network namespace of the Pod with that UID.
+    ///
+    /// It can be told to pose as a process outside the Pod (`Proc::send("become NETNS
+    /// CGROUP")`), as a process that inherited the PID of the Pod's would.
     pub fn start_pause(&self, uid: &str) -> anyhow::Result<Proc> {
         let cgroup = self.shared.cgroup.join("kubepods").join(format!("pod{uid}"));
         std::fs::create_dir_all(&cgroup)
             .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
-        let mut command = Command::new("sleep");
-        command.arg("infinity");
+        let mut command = Command::new(crate::binary("sk-pod")?);
+        command.arg("pause");
         spawn_in(&self.shared, &self.netns, &format!("{}:pause", self.name), command, &cgroup)
     }
 

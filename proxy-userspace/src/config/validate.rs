@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use super::Config;
+use super::{Capacity, Config};
 
 /// A field path (`services[1].vip`) and what is wrong with it.
 pub type Problem = (String, String);
@@ -20,6 +20,27 @@ pub fn check_admin(admin: SocketAddr) -> Result<(), String> {
         return Err(format!("{admin} needs a port"));
     }
     Ok(())
+}
+
+impl Capacity {
+    /// Whether `services` VIPs and `pods` namespaces fit the kernel's maps; the
+    /// problem names the limit to raise.
+    pub fn fits(&self, services: usize, pods: usize) -> Result<(), Problem> {
+        for (name, wanted, room) in
+            [("services", services, self.services), ("pods", pods, self.pods)]
+        {
+            if wanted > room as usize {
+                return Err((
+                    format!("capacity.{name}"),
+                    format!(
+                        "{wanted} {name} do not fit the kernel map of {room}; raise \
+                         capacity.{name} (takes effect when the agent restarts)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -44,6 +65,17 @@ impl Config {
         }
         if self.limits.max_connections_per_endpoint == 0 {
             return problem("limits.max_connections_per_endpoint", "must be at least 1".into());
+        }
+        for (name, value) in self.capacity.named() {
+            if value == 0 || value > Capacity::MAX {
+                return problem(
+                    &format!("capacity.{name}"),
+                    format!("{value} must be between 1 and {}", Capacity::MAX),
+                );
+            }
+        }
+        if let Err(why) = self.capacity.fits(self.services.len(), self.enroll.netns.len()) {
+            return Err(why);
         }
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
@@ -81,6 +113,18 @@ impl Config {
                     return problem(
                         &format!("services[{i}].endpoints[{j}]"),
                         format!("{endpoint} is not a reachable address and port"),
+                    );
+                }
+                if self.proxy_addrs().contains(endpoint) || *endpoint == self.admin {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is the agent's own address, not a backend"),
+                    );
+                }
+                if let Some(k) = self.services.iter().position(|s| s.vip == *endpoint) {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is the VIP of services[{k}], not a backend"),
                     );
                 }
                 if service.endpoints[..j].contains(endpoint) {
@@ -175,6 +219,15 @@ mod tests {
                 .contains("services[0].endpoints[1]: 10.0.0.1:80 is listed twice")
         );
         assert!(problem(&svc("  endpoints: [0.0.0.0:80]\n")).contains("services[0].endpoints[0]"));
+        assert!(
+            problem(&svc("  endpoints: [169.254.77.1:15001]\n")).contains(
+                "services[0].endpoints[0]: 169.254.77.1:15001 is the agent's own address"
+            )
+        );
+        assert!(
+            problem(&svc("  endpoints: [10.96.0.1:80]\n"))
+                .contains("10.96.0.1:80 is the VIP of services[0]")
+        );
     }
 
     #[test]

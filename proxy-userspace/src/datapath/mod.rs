@@ -13,24 +13,35 @@ use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
 
 pub use kernel::{Kernel, KernelOptions};
 pub use mounts::cgroup2_root;
-use proxy_common::Counter;
+use proxy_common::{Counter, OrigDst};
 pub use recorder::Recorder;
+
+use crate::config::Capacity;
 
 /// What the kernel programs need from the agent, and the one lookup the proxy needs.
 pub trait Datapath: Send + Sync + 'static {
+    /// How many services and namespaces the kernel's maps hold.
+    fn capacity(&self) -> Capacity;
     /// Makes the set of enrolled network namespaces (by cookie) exactly `cookies`.
     fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError>;
+    /// Marks an enrolled namespace as at its connection cap (its connects take
+    /// kube-proxy's path) or not.
+    fn set_netns_full(&self, cookie: u64, full: bool) -> Result<(), DatapathError>;
     /// Makes the set of service VIPs exactly `vips`.
     fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError>;
+    /// Tells the kernel whether the agent can take more connections; while it cannot,
+    /// connects take kube-proxy's path.
+    fn set_full(&self, full: bool) -> Result<(), DatapathError>;
     /// Proves the agent is alive; without it the kernel stops steering (fail open).
     fn beat(&self) -> Result<(), DatapathError>;
-    /// The original destination the kernel filed for the connection `client → local`,
-    /// removed once read. `None` means the kernel did not redirect this connection.
+    /// The original destination (and client namespace) the kernel filed for the
+    /// connection `client → local`, removed once read. `None` means the kernel did
+    /// not redirect this connection.
     fn take_orig_dst(
         &self,
         client: SocketAddr,
         local: SocketAddr,
-    ) -> Result<Option<SocketAddr>, DatapathError>;
+    ) -> Result<Option<OrigDst>, DatapathError>;
     /// The kernel's counters, summed over CPUs, in [`Counter::ALL`] order.
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError>;
 }

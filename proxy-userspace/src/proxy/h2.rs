@@ -1,26 +1,23 @@
 //! HTTP/2 from the client: the agent terminates the connection and balances each
 //! request (stream) on its own; extended CONNECT (RFC 8441) is offered, and becomes a
-//! tunnel to the endpoint that accepts it. On shutdown it sends GOAWAY and lets the
+//! tunnel to the endpoint that accepts it. When the agent drains it sends GOAWAY and lets the
 //! requests in flight finish.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::watch,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::call;
-use crate::upstream::Balancer;
+use crate::{drain::DrainWatch, upstream::Balancer};
 
 /// Pings an idle client this often, and drops it if a ping goes unanswered this long.
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(10);
 const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve<S>(io: S, balancer: Arc<Balancer>, mut shutdown: watch::Receiver<bool>)
+pub async fn serve<S>(io: S, balancer: Arc<Balancer>, drain: DrainWatch)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -35,21 +32,20 @@ where
         .enable_connect_protocol()
         .serve_connection(TokioIo::new(io), handler);
     tokio::pin!(connection);
+    // Inline rather than through a generic helper: hyper's connection futures defeat
+    // the compiler's Send inference when passed by reference into another future.
+    let mut drain = drain;
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = stopping(&mut shutdown) => {
+        () = drain.draining() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = drain.closing() => return,
+            }
         }
     };
     if let Err(err) = result {
         debug!("downstream h2 connection ended: {err}");
-    }
-}
-
-/// Resolves once the agent begins to shut down; never, if no one can tell it to.
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

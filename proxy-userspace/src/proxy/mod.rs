@@ -21,15 +21,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::{
     config::{Limits, Protocol},
     datapath::{Datapath, DatapathError},
+    drain::DrainWatch,
     metrics::Metrics,
     state::{Service, State},
     upstream::Balancer,
@@ -43,7 +41,7 @@ pub struct Proxy {
     datapath: Arc<dyn Datapath>,
     state: Arc<State>,
     balancers: Mutex<HashMap<SocketAddr, Arc<Balancer>>>,
-    shutdown: watch::Receiver<bool>,
+    drain: DrainWatch,
     metrics: Arc<Metrics>,
     limits: Limits,
     /// Downstream connections being served.
@@ -66,12 +64,13 @@ pub enum Refusal {
 }
 
 impl Proxy {
-    /// A proxy; when `shutdown` turns true, HTTP/2 clients get GOAWAY and their
-    /// requests in flight finish.
+    /// A proxy whose connections follow `drain`: when it drains, HTTP/2 clients get
+    /// GOAWAY and HTTP/1.1 ones `Connection: close`, and their requests in flight
+    /// finish; when it closes, whatever is still open is dropped.
     pub fn new(
         datapath: Arc<dyn Datapath>,
         state: Arc<State>,
-        shutdown: watch::Receiver<bool>,
+        drain: DrainWatch,
         metrics: Arc<Metrics>,
         limits: Limits,
     ) -> Arc<Self> {
@@ -79,11 +78,16 @@ impl Proxy {
             datapath,
             state,
             balancers: Mutex::default(),
-            shutdown,
+            drain,
             metrics,
             limits,
             active: Arc::default(),
         })
+    }
+
+    /// Downstream connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 
     /// Waits until no downstream connection is open, at most `limit`; returns how many
@@ -114,10 +118,10 @@ impl Proxy {
             match self.route(&stream, client) {
                 Ok(service) => {
                     let balancer = self.balancer(service);
-                    let (shutdown, active) = (self.shutdown.clone(), self.active.clone());
+                    let (drain, active) = (self.drain.clone(), self.active.clone());
                     active.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(async move {
-                        serve_connection(stream, balancer, shutdown).await;
+                        serve_connection(stream, balancer, drain).await;
                         active.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
@@ -133,7 +137,8 @@ impl Proxy {
     /// more connection.
     pub fn route(&self, stream: &TcpStream, client: SocketAddr) -> Result<Arc<Service>, Refusal> {
         let local = stream.local_addr()?;
-        let dst = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
+        let orig = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
+        let dst = SocketAddr::from(orig.dst);
         let service = self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))?;
         let open = self.active.load(Ordering::Relaxed);
         if open >= self.limits.max_connections {
@@ -158,31 +163,28 @@ impl Proxy {
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
-    balancer: Arc<Balancer>,
-    shutdown: watch::Receiver<bool>,
-) {
+async fn serve_connection(mut stream: TcpStream, balancer: Arc<Balancer>, drain: DrainWatch) {
     let _ = stream.set_nodelay(true);
     let metrics = balancer.metrics.clone();
     if balancer.service.protocol == Protocol::Tcp {
         let _open = metrics.connection("tcp");
-        return tcp::forward(stream, balancer).await;
+        drain.until_closed(tcp::forward(stream, balancer)).await;
+        return;
     }
     let (protocol, seen) = sniff::sniff(&mut stream, SNIFF_PATIENCE).await;
     let stream = sniff::Prefixed::new(seen, stream);
     match protocol {
         sniff::Protocol::H2 => {
             let _open = metrics.connection("h2");
-            h2::serve(stream, balancer, shutdown).await
+            h2::serve(stream, balancer, drain).await
         }
         sniff::Protocol::Http1 => {
             let _open = metrics.connection("http1");
-            http1::serve(stream, balancer).await
+            http1::serve(stream, balancer, drain).await
         }
         sniff::Protocol::Opaque => {
             let _open = metrics.connection("tcp");
-            tcp::forward(stream, balancer).await
+            drain.until_closed(tcp::forward(stream, balancer)).await;
         }
     }
 }
@@ -224,13 +226,8 @@ mod tests {
     async fn serve(state: Arc<State>) -> (Arc<Recorder>, SocketAddr) {
         let recorder = Arc::new(Recorder::default());
         let metrics = Metrics::new(recorder.clone(), state.clone());
-        let proxy = Proxy::new(
-            recorder.clone(),
-            state,
-            watch::channel(false).1,
-            metrics,
-            Limits::default(),
-        );
+        let proxy =
+            Proxy::new(recorder.clone(), state, DrainWatch::never(), metrics, Limits::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));
@@ -259,7 +256,7 @@ mod tests {
         // Redirected: file the original destination the way the kernel would.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), vip);
+        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), (vip, 1));
         let mut client = socket.connect(proxy_addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut client, b"ping").await.unwrap();
         let mut buf = [0; 4];
@@ -325,7 +322,7 @@ mod tests {
 
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), vip);
+        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), (vip, 1));
         let stream = socket.connect(proxy_addr).await.unwrap();
         let (mut client, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

@@ -144,6 +144,10 @@ where
             large = None;
         } else if large.is_none() {
             large = Some(vec![0; LARGE].into_boxed_slice());
+        } else {
+            // A stream that keeps the buffer full would keep the worker for many
+            // buffers per poll; let the other connections (and accepts) have a turn.
+            tokio::task::yield_now().await;
         }
     }
 }

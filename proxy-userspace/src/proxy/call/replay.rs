@@ -47,6 +47,8 @@ struct State<B> {
     max: usize,
     /// The copy was outgrown or given up: the bytes read so far cannot be replayed.
     outgrown: bool,
+    /// Reading the client's body failed: no try may send it as if it were whole.
+    client_failed: bool,
     trailers: Option<HeaderMap>,
     /// When the client's body ended (its last frame was read).
     ended_at: Option<Instant>,
@@ -63,6 +65,8 @@ pub enum ReplayError {
     Outgrown,
     #[error("reading the client's request body failed")]
     Client(#[source] BoxError),
+    #[error("the client's request body failed during an earlier try")]
+    ClientFailed,
 }
 
 impl<B> ReplayBody<B>
@@ -81,6 +85,7 @@ where
             copied: 0,
             max,
             outgrown: false,
+            client_failed: false,
             trailers: None,
             ended_at: ended.then(Instant::now),
             generation: 0,
@@ -98,6 +103,11 @@ where
     /// Whether a new try could send everything the client has sent so far.
     pub fn replayable(&self) -> bool {
         !self.shared.lock().outgrown
+    }
+
+    /// Whether reading the client's body failed (the client's fault, not an endpoint's).
+    pub fn client_failed(&self) -> bool {
+        self.shared.lock().client_failed
     }
 
     /// No more tries: the copy is freed and later chunks pass through uncopied.
@@ -161,6 +171,9 @@ where
         if state.generation != this.generation {
             return Poll::Ready(Some(Err(ReplayError::Superseded)));
         }
+        if state.client_failed {
+            return Poll::Ready(Some(Err(ReplayError::ClientFailed)));
+        }
         if this.at < state.read {
             // An earlier try read this chunk: send it again, if it was kept.
             let Some(chunk) = state.copy.get(this.at).filter(|_| !state.outgrown) else {
@@ -176,6 +189,9 @@ where
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Some(Err(err))) => {
+                // Never replayed: a retry would send a truncated body as a whole one.
+                state.client_failed = true;
+                state.outgrown = true;
                 return Poll::Ready(Some(Err(ReplayError::Client(err.into()))));
             }
             Poll::Ready(None) => {

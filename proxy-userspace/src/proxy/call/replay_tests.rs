@@ -135,4 +135,7 @@ async fn a_failing_client_fails_the_try() {
     let mut first = body.next_try();
     tx.unbounded_send(Err(std::io::ErrorKind::ConnectionReset.into())).unwrap();
     assert!(matches!(first.frame().await, Some(Err(ReplayError::Client(_)))));
+    assert!(!body.replayable(), "a broken body is never sent again");
+    let mut second = body.next_try();
+    assert!(matches!(second.frame().await, Some(Err(ReplayError::ClientFailed))));
 }

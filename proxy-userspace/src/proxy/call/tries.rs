@@ -58,6 +58,11 @@ pub async fn run(balancer: &Balancer, call: &Call, policy: &Policy) -> Result<An
         let Some(endpoint) = balancer.select.pick(&service.endpoints(), &tried) else { break };
         tried.push(endpoint.clone());
         match attempt::send(balancer, call, policy, endpoint.clone()).await {
+            Err(failure) if call.body.client_failed() => {
+                debug!(service = %service.name, ?failure, "the client's request body failed");
+                last = Some((failure, None));
+                break;
+            }
             Err(failure) => {
                 report::try_failed(balancer, &endpoint, failure);
                 last = Some((failure, None));
