@@ -60,8 +60,8 @@ fn every_call_shape_passes_through() {
     let fetch = run(&node, "fetch", &["--count", "1000", "--size", "100"]);
     assert!(fetch.ok() && fetch.intact && fetch.received == 1000, "{fetch:?}");
 
-    // Five messages 700 ms apart: longer than the 2 s per-try timeout, which counts
-    // only once the client has sent everything.
+    // Five messages 700 ms apart: longer in all than the 2 s per-try timeout, which
+    // counts from the client's last message.
     let upload = run(&node, "upload", &["--count", "5", "--size", "1000", "--pause-ms", "700"]);
     assert!(upload.ok() && upload.intact && upload.received == 5, "{upload:?}");
     assert!(upload.elapsed_ms >= 2800, "{upload:?}");

@@ -39,7 +39,7 @@ pub async fn send(
     let started = Instant::now();
     let result = tokio::select! {
         result = upstream.send(call.request(), policy.timeout.connect) => result.map_err(failure),
-        () = call.deadlines.expire(started, call.body.ended()) => {
+        () = call.deadlines.expire(started, || call.body.progress()) => {
             Err(TryFailure::Local(LocalOriginFailure::Timeout))
         }
         // The endpoint went away (drain deadline): give up the try, so it is retried.

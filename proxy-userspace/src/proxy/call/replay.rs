@@ -21,7 +21,7 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 use crate::proxy::body::BoxError;
 
@@ -32,8 +32,6 @@ pub struct ReplayBody<B> {
 
 struct Shared<B> {
     state: Mutex<State<B>>,
-    /// Woken when the client's body has ended.
-    ended: Notify,
 }
 
 struct State<B> {
@@ -50,8 +48,9 @@ struct State<B> {
     /// Reading the client's body failed: no try may send it as if it were whole.
     client_failed: bool,
     trailers: Option<HeaderMap>,
-    /// When the client's body ended (its last frame was read).
-    ended_at: Option<Instant>,
+    /// When the client last sent something: the call's start, then each frame read
+    /// and the body's end. The deadlines count from it.
+    progress: Instant,
     /// The try whose body may read; earlier ones are superseded.
     generation: u64,
 }
@@ -87,10 +86,10 @@ where
             outgrown: false,
             client_failed: false,
             trailers: None,
-            ended_at: ended.then(Instant::now),
+            progress: Instant::now(),
             generation: 0,
         };
-        Self { shared: Arc::new(Shared { state: Mutex::new(state), ended: Notify::new() }) }
+        Self { shared: Arc::new(Shared { state: Mutex::new(state) }) }
     }
 
     /// The body for the next try; it supersedes every earlier one.
@@ -118,20 +117,9 @@ where
         state.copied = 0;
     }
 
-    /// When the client finished sending its body, if it has.
-    pub fn ended_at(&self) -> Option<Instant> {
-        self.shared.lock().ended_at
-    }
-
-    /// Resolves when the client has sent its whole body, with the time it did.
-    pub async fn ended(&self) -> Instant {
-        loop {
-            let notified = self.shared.ended.notified();
-            if let Some(at) = self.shared.lock().ended_at {
-                return at;
-            }
-            notified.await;
-        }
+    /// When the client last sent something (or the call began).
+    pub fn progress(&self) -> Instant {
+        self.shared.lock().progress
     }
 }
 
@@ -196,7 +184,7 @@ where
             }
             Poll::Ready(None) => {
                 this.done = true;
-                state.end(&this.shared.ended);
+                state.end();
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Ok(frame))) => frame,
@@ -206,7 +194,7 @@ where
                 state.keep(&chunk);
                 this.at = state.read;
                 if state.inner.as_ref().is_some_and(Body::is_end_stream) {
-                    state.end(&this.shared.ended);
+                    state.end();
                 }
                 Frame::data(chunk)
             }
@@ -215,7 +203,7 @@ where
                     state.trailers = Some(trailers.clone());
                 }
                 this.done = true;
-                state.end(&this.shared.ended);
+                state.end();
                 frame
             }
         };
@@ -250,6 +238,7 @@ impl<B> State<B> {
     /// Adds a chunk to the copy, or gives the copy up when it would outgrow `max`.
     fn keep(&mut self, chunk: &Bytes) {
         self.read += 1;
+        self.progress = Instant::now();
         if self.outgrown {
             return;
         }
@@ -263,12 +252,9 @@ impl<B> State<B> {
         self.copy.push(chunk.clone());
     }
 
-    fn end(&mut self, ended: &Notify) {
+    fn end(&mut self) {
         self.inner = None;
-        if self.ended_at.is_none() {
-            self.ended_at = Some(Instant::now());
-            ended.notify_waiters();
-        }
+        self.progress = Instant::now();
     }
 }
 

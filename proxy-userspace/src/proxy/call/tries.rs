@@ -43,7 +43,7 @@ pub async fn run(balancer: &Balancer, call: &Call, policy: &Policy) -> Result<An
                 debug!(service = %service.name, ?failure, ?why, "not retried");
                 break;
             }
-            if call.deadlines.expired(Instant::now(), call.body.ended_at()) {
+            if call.deadlines.expired(Instant::now(), call.body.progress()) {
                 last = Some((TryFailure::Local(LocalOriginFailure::Timeout), None));
                 break;
             }
