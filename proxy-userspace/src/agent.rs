@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     admin::{self, Admin, Readiness},
+    claim::Claim,
     config::Config,
     datapath::{self, Kernel, KernelOptions},
     discovery::{
@@ -88,17 +89,22 @@ async fn run_with(
         Some(cgroup) => cgroup,
         None => datapath::cgroup2_root()?,
     };
+    datapath::require_cgroup2(&cgroup)?;
     // Listen before the kernel steers anything here, or take the running agent's
-    // listeners once ready.
+    // listeners once ready. Only one agent serves a cgroup.
     let start = match Predecessor::find(&options.bpffs) {
         Some(predecessor) => {
             info!("another agent serves this node: taking over from it once ready");
             Start::TakeOver(predecessor)
         }
-        None => Start::Bound(Listeners::bind(&config.proxy_addrs(), config.admin).await?),
+        None => {
+            let claim = Claim::take(&cgroup, &options.bpffs)?;
+            let listeners = Listeners::bind(&config.proxy_addrs(), config.admin).await?;
+            Start::Bound(listeners, claim)
+        }
     };
     let kernel = Arc::new(Kernel::load(&KernelOptions {
-        cgroup,
+        cgroup: cgroup.clone(),
         pin_dir: options.bpffs.clone(),
         listen4: config.listen,
         listen6: config.listen6,
@@ -109,14 +115,14 @@ async fn run_with(
 
     // Until the listeners are this agent's, the kernel programs serve a running
     // predecessor: a failure then must leave them as they are.
-    let mut owner = matches!(start, Start::Bound(_));
-    let result =
-        serve(kernel.clone(), &discovery, start, &config, &options.bpffs, &mut owner).await;
+    let mut owner = matches!(start, Start::Bound(..));
+    let place = Place { cgroup: &cgroup, pin_dir: &options.bpffs };
+    let result = serve(kernel.clone(), &discovery, start, &config, place, &mut owner).await;
     match result {
         Ok(Ending::Stopped) if owner => kernel.detach().context("detaching the kernel programs"),
         Err(err) if owner => {
             if let Err(detach) = kernel.detach() {
-                warn!("detaching the kernel programs: {detach}");
+                warn!("detaching the kernel programs: {}", crate::Chain(&detach));
             }
             Err(err)
         }
@@ -152,13 +158,26 @@ fn fit_open_files(config: &mut Config) {
         );
         config.limits.max_connections = fits;
     }
-    info!(open_files = limit, max_connections = config.limits.max_connections, "limits");
+    let limits = &mut config.limits;
+    info!(
+        open_files = limit,
+        max_connections = limits.max_connections,
+        max_connections_per_pod = limits.per_pod(),
+        "limits"
+    );
 }
 
-/// How the agent gets its listeners.
+/// How the agent gets its listeners (and its claim on the cgroup).
 enum Start {
-    Bound(Listeners),
+    Bound(Listeners, Claim),
     TakeOver(Predecessor),
+}
+
+/// Where the agent serves: the cgroup it attaches to and its pin directory.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    cgroup: &'a Path,
+    pin_dir: &'a Path,
 }
 
 /// Why the agent stopped serving.
@@ -178,7 +197,7 @@ async fn serve(
     discovery: &impl Discovery,
     start: Start,
     config: &Config,
-    pin_dir: &Path,
+    place: Place<'_>,
     owner: &mut bool,
 ) -> anyhow::Result<Ending> {
     let readiness = Arc::new(Readiness::default());
@@ -194,9 +213,11 @@ async fn serve(
     tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
     // The admin endpoint answers (not ready) while discovery syncs; a predecessor
     // answers for the node until the take-over.
-    let early = match start {
-        Start::Bound(listeners) => Ok(serve_admin(&mut tasks, &admin, listeners)),
-        Start::TakeOver(predecessor) => Err(predecessor),
+    let (early, mut claim) = match start {
+        Start::Bound(listeners, claim) => {
+            (Ok(serve_admin(&mut tasks, &admin, listeners)), Some(claim))
+        }
+        Start::TakeOver(predecessor) => (Err(predecessor), None),
     };
     let (drain, drain_watch) = Drain::new();
     let proxy =
@@ -229,7 +250,11 @@ async fn serve(
 
     let (listeners, offered) = match early {
         Ok(bound) => bound,
-        Err(predecessor) => serve_admin(&mut tasks, &admin, take_over(predecessor, config).await?),
+        Err(predecessor) => {
+            let listeners = take_over(predecessor, config).await?;
+            claim = Some(Claim::take_over(place.cgroup, place.pin_dir).await?);
+            serve_admin(&mut tasks, &admin, listeners)
+        }
     };
     *owner = true;
     kernel.publish_listeners(&listeners)?;
@@ -243,7 +268,7 @@ async fn serve(
     tasks.spawn(reconciler.run(desired, discovery.rejections(), metrics.clone()));
 
     let outcome = tokio::select! {
-        ended = serve_until_the_end(pin_dir, offered, &mut stops) => Ok(ended),
+        ended = serve_until_the_end(place.pin_dir, offered, &mut stops) => Ok(ended),
         failure = supervise(&mut tasks, &state) => Err(failure),
     };
     readiness.set(false);
@@ -252,11 +277,13 @@ async fn serve(
         Err(_) => (Ending::Stopped, Stop::Now),
     };
     if ending == Ending::HandedOff {
-        // The successor beats and accepts from here on, on the same sockets.
+        // The successor beats and accepts from here on, on the same sockets, and
+        // claims the cgroup.
+        drop(claim.take());
         heartbeat.stop();
         accepting.shutdown().await;
     } else if let Err(err) = kernel.withdraw_listeners() {
-        warn!("cannot withdraw the listeners from the kernel: {err}");
+        warn!("cannot withdraw the listeners from the kernel: {}", crate::Chain(&err));
     }
     wind_down(&drain, &proxy, stop, &mut stops).await;
     accepting.shutdown().await;
@@ -294,14 +321,14 @@ async fn supervise(tasks: &mut JoinSet<()>, state: &State) -> anyhow::Error {
     loop {
         tokio::select! {
             failure = &mut owner_lost => return anyhow::anyhow!("{failure}; stopping"),
-            ended = tasks.join_next() => match ended {
-                Some(Err(err)) if err.is_panic() => {
+            Some(ended) = tasks.join_next() => {
+                if let Err(err) = ended
+                    && err.is_panic()
+                {
                     let what = crate::panic_message(&*err.into_panic()).to_string();
                     return anyhow::anyhow!("an agent task panicked: {what}; stopping");
                 }
-                Some(_) => {}
-                None => return std::future::pending().await,
-            },
+            }
         }
     }
 }
@@ -455,12 +482,9 @@ async fn count_transitions(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::{
         config::{Policy, Protocol},
-        datapath::Recorder,
         discovery::{Condition, DesiredEndpoint, DesiredService},
     };
 
@@ -507,6 +531,37 @@ mod tests {
         warm_up(&desired, &state).await;
         assert!(started.elapsed() >= WARM_UP, "{:?}", started.elapsed());
         assert_eq!(cold_services(&desired, &state), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_or_a_lost_lifecycle_owner_stops_the_agent_with_the_cause() {
+        let state = State::with_checker(Arc::new(crate::health::Manual));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async {});
+        tasks.spawn(async { panic!("eviction broke") });
+        let failure = supervise(&mut tasks, &state).await;
+        assert!(failure.to_string().contains("an agent task panicked: eviction broke"));
+
+        // A checker that panics inside its service's owner task.
+        struct Broken;
+        impl crate::health::Checker for Broken {
+            fn start(
+                &self,
+                _: SocketAddr,
+                _: Protocol,
+                _: crate::config::policy::HealthPolicy,
+                _: crate::health::Results,
+            ) -> tokio::task::JoinHandle<()> {
+                panic!("checker broke")
+            }
+        }
+        let state = State::with_checker(Arc::new(Broken));
+        let (_, desired) = one_service(true, Condition::Ready);
+        state.apply(&desired.services);
+        let mut none = JoinSet::new();
+        let failure = supervise(&mut none, &state).await;
+        let message = failure.to_string();
+        assert!(message.contains("the lifecycle owner of service a panicked: checker broke"));
     }
 
     #[tokio::test(start_paused = true)]

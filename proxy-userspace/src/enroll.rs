@@ -49,7 +49,7 @@ pub enum NotEnrolled {
     NotNetns(String),
     #[error("{path} no longer belongs to Pod {uid} (its process is gone)")]
     NotThePods { path: String, uid: String },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         #[source]
@@ -145,7 +145,7 @@ impl Tracked {
         let found = open(&self.enrollee);
         let said = match &found {
             Ok(netns) => format!("enrolled {} (netns cookie {})", path.display(), netns.cookie),
-            Err(err) => format!("enroll.netns {err}"),
+            Err(err) => format!("enroll.netns {}", crate::Chain(err)),
         };
         if self.said.as_ref() != Some(&said) {
             match &found {

@@ -5,6 +5,8 @@
 pub mod admin;
 pub mod agent;
 pub mod balance;
+pub mod claim;
+pub mod commands;
 pub mod config;
 pub mod datapath;
 pub mod discovery;
@@ -21,8 +23,25 @@ pub mod reconcile;
 pub mod retry;
 pub mod signals;
 pub mod state;
+mod sync;
 mod sys;
 pub mod upstream;
+
+/// An error and its causes, `outer: inner: innermost`, for log lines (error types
+/// say what failed and leave the cause to their `source`).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
 
 /// The message a panic carried, for the log line that reports it.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -145,7 +145,10 @@ impl Beater {
             Ok(()) => self.failing = false,
             Err(err) if !self.failing => {
                 self.failing = true;
-                warn!("heartbeat failed, the kernel will stop steering soon: {err}");
+                warn!(
+                    "heartbeat failed, the kernel will stop steering soon: {}",
+                    crate::Chain(&err)
+                );
             }
             Err(_) => {}
         }

@@ -22,7 +22,7 @@ use crate::{
 pub enum Rejected {
     #[error("{field}: {problem}")]
     Capacity { field: String, problem: String },
-    #[error("enroll.netns: {0}")]
+    #[error("enroll.netns")]
     Netns(#[from] NotEnrolled),
     #[error("the kernel refused the change, which was rolled back")]
     Kernel(#[from] DatapathError),
@@ -60,7 +60,7 @@ impl Reconciler {
         if let Err(err) = self.make(desired) {
             let last_good = self.applied.clone();
             if let Err(again) = self.make(&last_good) {
-                error!("restoring the last good state failed too: {again}");
+                error!("restoring the last good state failed too: {}", crate::Chain(&again));
             }
             return Err(err.into());
         }
@@ -88,7 +88,7 @@ impl Reconciler {
         let cookies = self.enrolled.cookies();
         match self.datapath.set_enrolled(&cookies) {
             Ok(()) => debug!(netns = cookies.len(), "enrolled namespaces changed"),
-            Err(err) => error!("cannot update the enrolled namespaces: {err}"),
+            Err(err) => error!("cannot update the enrolled namespaces: {}", crate::Chain(&err)),
         }
     }
 
@@ -128,7 +128,8 @@ impl Reconciler {
                             "applied a new desired state"
                         ),
                         Err(err) => error!(
-                            "config not applied: {err:#}; keeping the last good config"
+                            "config not applied: {}; keeping the last good config",
+                            crate::Chain(&err)
                         ),
                     }
                 }
@@ -222,7 +223,8 @@ mod tests {
             ..Desired::default()
         });
         let err = reconciler.apply(&bad).unwrap_err();
-        assert!(err.to_string().contains("is not a network namespace"), "{err}");
+        let message = crate::Chain(&err).to_string();
+        assert!(message.contains("enroll.netns: /proc/self/status is not a network"), "{message}");
         assert!(state.vips().is_empty() && recorder.vips.lock().unwrap().is_empty());
 
         let later = Arc::new(Desired {

@@ -29,7 +29,7 @@ mod sys;
 pub mod web;
 pub mod web_node;
 
-pub use agent::{ADMIN, Agent, http_get};
+pub use agent::{ADMIN, ADMIN_CONNECTIONS, Agent, http_get};
 pub use echo_node::EchoNode;
 pub use grpc_node::GrpcNode;
 pub use netns::Netns;

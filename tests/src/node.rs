@@ -246,6 +246,24 @@ impl Sandbox {
         crate::agent::config_yaml(enrolled, services)
     }
 
+    /// Starts `sockeye run --config FILE <args>` in the node namespace and the test
+    /// cgroup, with only the flags given (no `--cgroup` or `--bpffs` of the sandbox's),
+    /// and returns at once: for start errors and agents of their own.
+    pub fn spawn_sockeye(&self, name: &str, config: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let path = self.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, config)?;
+        let mut command = Command::new(crate::binary("sockeye")?);
+        command.args(["run", "--config"]).arg(&path).args(args);
+        self.spawn_in_node(name, command)
+    }
+
+    /// Starts `sk-pod <args>` in the node namespace (where the admin endpoint listens).
+    pub fn spawn_on_node(&self, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut command = Command::new(crate::binary("sk-pod")?);
+        command.args(args);
+        self.spawn_in_node(&format!("node:{}", args.first().unwrap_or(&"")), command)
+    }
+
     /// Starts a program in the node namespace and the test cgroup.
     pub(crate) fn spawn_in_node(&self, name: &str, command: Command) -> anyhow::Result<Proc> {
         spawn(&self.shared, &self.node, name, command)

@@ -43,21 +43,37 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-/// Caps on connections: past them a new connection is refused (reset) and counted in
-/// `sockeye_connection_limit_hits_total`. Read at start.
+/// Caps on connections, counted in `sockeye_connection_limit_hits_total`. Read at
+/// start. At the agent's or a Pod's cap the kernel sends that Pod's (or every Pod's)
+/// new connects to kube-proxy's path until there is room again (fail open).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Downstream connections served at once, over all services.
     pub max_connections: usize,
+    /// Downstream connections from one Pod (network namespace) at once, so one Pod
+    /// cannot take every connection the agent has. Default: 4,096, or half of
+    /// `max_connections` if that is less.
+    pub max_connections_per_pod: Option<usize>,
     /// Opaque-TCP connections to one endpoint at once; a new connection goes to
     /// another endpoint, or is refused when every endpoint is at its cap.
     pub max_connections_per_endpoint: u32,
 }
 
+impl Limits {
+    /// The per-Pod cap in force: the one set, or the default.
+    pub fn per_pod(&self) -> usize {
+        self.max_connections_per_pod.unwrap_or((self.max_connections / 2).clamp(1, 4_096))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 100_000, max_connections_per_endpoint: 10_000 }
+        Self {
+            max_connections: 100_000,
+            max_connections_per_pod: None,
+            max_connections_per_endpoint: 10_000,
+        }
     }
 }
 
@@ -166,13 +182,13 @@ impl Protocol {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {source}")]
+    #[error("config file {path} is not valid")]
     Parse {
         path: PathBuf,
         #[source]

@@ -63,6 +63,16 @@ impl Config {
         if self.limits.max_connections == 0 {
             return problem("limits.max_connections", "must be at least 1".into());
         }
+        if self
+            .limits
+            .max_connections_per_pod
+            .is_some_and(|n| n == 0 || n > self.limits.max_connections)
+        {
+            return problem(
+                "limits.max_connections_per_pod",
+                "must be between 1 and limits.max_connections".into(),
+            );
+        }
         if self.limits.max_connections_per_endpoint == 0 {
             return problem("limits.max_connections_per_endpoint", "must be at least 1".into());
         }
@@ -150,7 +160,8 @@ mod tests {
     }
 
     fn problem(text: &str) -> String {
-        parse(text).expect_err("the config should be rejected").to_string()
+        let err = parse(text).expect_err("the config should be rejected");
+        crate::Chain(&err).to_string()
     }
 
     #[test]
@@ -182,10 +193,16 @@ mod tests {
     #[test]
     fn connection_limits_have_safe_defaults_and_refuse_zero() {
         let limits = parse("{}").unwrap().limits;
-        assert_eq!(
-            (limits.max_connections, limits.max_connections_per_endpoint),
-            (100_000, 10_000)
+        assert_eq!((limits.max_connections, limits.per_pod()), (100_000, 4_096));
+        let small = parse("limits:\n  max_connections: 10\n").unwrap().limits;
+        assert_eq!(small.per_pod(), 5, "by default half of a small global cap");
+        let set = parse("limits:\n  max_connections: 10\n  max_connections_per_pod: 8\n");
+        assert_eq!(set.unwrap().limits.per_pod(), 8, "a cap set is kept");
+        assert!(
+            problem("limits:\n  max_connections: 10\n  max_connections_per_pod: 11\n")
+                .contains("limits.max_connections_per_pod")
         );
+        assert_eq!(limits.max_connections_per_endpoint, 10_000);
         let set = parse("limits:\n  max_connections: 5\n").unwrap().limits;
         assert_eq!((set.max_connections, set.max_connections_per_endpoint), (5, 10_000));
         assert!(problem("limits:\n  max_connections: 0\n").contains("limits.max_connections"));

@@ -7,7 +7,7 @@ use std::{
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::Mutex,
     time::Instant,
 };
 
@@ -27,10 +27,10 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{
-    Datapath, DatapathError,
+    Datapath, DatapathError, MapUsage,
     mounts::{require_bpffs, require_cgroup2},
 };
-use crate::{config::Capacity, sys};
+use crate::{config::Capacity, sync::lock, sys};
 
 /// The object built from `proxy-ebpf` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
@@ -62,6 +62,8 @@ pub struct Kernel {
     /// The agent's state as the kernel reads it; the heartbeat and the flags change.
     state: Mutex<AgentState>,
     capacity: Capacity,
+    /// Entries the agent put in the VIP and enrolled maps.
+    filled: Mutex<(usize, usize)>,
     enrolled: Mutex<HashMap<MapData, u64, u8>>,
     vips: Mutex<HashMap<MapData, SockAddr, u8>>,
     agent: Mutex<Array<MapData, AgentState>>,
@@ -87,7 +89,7 @@ impl Kernel {
         prepare_pin_dir(&options.pin_dir, &options.capacity)?;
         Self::load_pinned(options).inspect_err(|_| {
             if created && let Err(err) = remove_pin_dir(&options.pin_dir) {
-                warn!("cannot remove {}: {err}", options.pin_dir.display());
+                warn!("cannot remove {}: {}", options.pin_dir.display(), crate::Chain(&err));
             }
         })
     }
@@ -123,6 +125,7 @@ impl Kernel {
         };
         let kernel = Self {
             capacity: options.capacity,
+            filled: Mutex::default(),
             enrolled: Mutex::new(take_map(&mut ebpf, map_names::ENROLLED)?),
             vips: Mutex::new(take_map(&mut ebpf, map_names::VIPS)?),
             agent: Mutex::new(take_map(&mut ebpf, map_names::AGENT)?),
@@ -199,7 +202,9 @@ impl Datapath for Kernel {
     }
 
     fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError> {
-        reconcile(&mut lock(&self.enrolled), cookies, enrolled::STEER, map_names::ENROLLED)
+        reconcile(&mut lock(&self.enrolled), cookies, enrolled::STEER, map_names::ENROLLED)?;
+        lock(&self.filled).1 = cookies.len();
+        Ok(())
     }
 
     fn set_netns_full(&self, cookie: u64, full: bool) -> Result<(), DatapathError> {
@@ -214,7 +219,18 @@ impl Datapath for Kernel {
 
     fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError> {
         let vips = vips.iter().map(|vip| SockAddr::from(*vip)).collect();
-        reconcile(&mut lock(&self.vips), &vips, 1, map_names::VIPS)
+        reconcile(&mut lock(&self.vips), &vips, 1, map_names::VIPS)?;
+        lock(&self.filled).0 = vips.len();
+        Ok(())
+    }
+
+    fn usage(&self) -> Vec<MapUsage> {
+        let (services, pods) = *lock(&self.filled);
+        MapUsage::of(&self.capacity, services, pods)
+    }
+
+    fn full(&self) -> bool {
+        lock(&self.state).full()
     }
 
     fn set_full(&self, full: bool) -> Result<(), DatapathError> {
@@ -313,7 +329,10 @@ fn accelerate(ebpf: &mut Ebpf) -> bool {
     match attached {
         Ok(()) => true,
         Err(err) => {
-            warn!("socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {err}");
+            warn!(
+                "socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {}",
+                crate::Chain(&err)
+            );
             false
         }
     }
@@ -393,11 +412,6 @@ fn map_shapes(capacity: &Capacity) -> [(&'static str, (u32, u32, u32)); 9] {
         (map_names::LISTENERS, (size::<u32>(), size::<u32>(), map_sizes::LISTENERS)),
         (map_names::COUNTERS, (size::<u32>(), size::<u64>(), Counter::SLOTS)),
     ]
-}
-
-/// Locks `mutex`; a holder that panicked left nothing half-written that matters here.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Pins `link` at `path`, where a previous agent's link to the same program may be:

@@ -12,7 +12,7 @@ mod recorder;
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
 
 pub use kernel::{Kernel, KernelOptions};
-pub use mounts::cgroup2_root;
+pub use mounts::{cgroup2_root, require_cgroup2};
 use proxy_common::{Counter, OrigDst};
 pub use recorder::Recorder;
 
@@ -42,19 +42,42 @@ pub trait Datapath: Send + Sync + 'static {
         client: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<OrigDst>, DatapathError>;
+    /// How full the sized maps are: what the agent put there, against their capacity.
+    fn usage(&self) -> Vec<MapUsage>;
+    /// Whether the agent told the kernel it is full (new connects fail open).
+    fn full(&self) -> bool;
     /// The kernel's counters, summed over CPUs, in [`Counter::ALL`] order.
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError>;
 }
 
+/// One kernel map's entries against its capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    /// Its name in the config's `capacity` block.
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+impl MapUsage {
+    /// The maps the agent fills itself (`services`, `pods`) from their sets' sizes.
+    pub fn of(capacity: &Capacity, services: usize, pods: usize) -> Vec<Self> {
+        vec![
+            Self { map: "services", entries: services, capacity: capacity.services },
+            Self { map: "pods", entries: pods, capacity: capacity.pods },
+        ]
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Map {
         what: String,
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("cannot load or attach the kernel programs: {what}: {source}")]
+    #[error("cannot load or attach the kernel programs: {what}")]
     Program {
         what: String,
         #[source]
@@ -62,7 +85,10 @@ pub enum DatapathError {
     },
     #[error("{path}: {problem}")]
     Setup { path: PathBuf, problem: String },
-    #[error("{path}: {source}")]
+    /// A command-line flag names something unusable.
+    #[error("{flag} {path}: {problem}")]
+    Flag { flag: &'static str, path: PathBuf, problem: String },
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]

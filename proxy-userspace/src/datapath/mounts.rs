@@ -25,15 +25,17 @@ pub fn require_bpffs(dir: &Path) -> Result<(), DatapathError> {
     let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
     match crate::sys::fs_type(existing) {
         Ok(BPF_FS_MAGIC) => Ok(()),
-        Ok(_) => Err(DatapathError::Setup {
+        Ok(_) => Err(DatapathError::Flag {
+            flag: "--bpffs",
             path: dir.into(),
-            problem: "--bpffs: not on a bpf filesystem; mount one with \
-                      `mount -t bpf bpf /sys/fs/bpf` or pass a directory on one"
+            problem: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` \
+                      or pass a directory on one"
                 .into(),
         }),
-        Err(err) => Err(DatapathError::Setup {
+        Err(err) => Err(DatapathError::Flag {
+            flag: "--bpffs",
             path: dir.into(),
-            problem: format!("--bpffs: cannot tell its filesystem: {err}"),
+            problem: format!("cannot tell its filesystem: {err}"),
         }),
     }
 }
@@ -42,12 +44,12 @@ pub fn require_bpffs(dir: &Path) -> Result<(), DatapathError> {
 pub fn require_cgroup2(dir: &Path) -> Result<(), DatapathError> {
     let problem = match crate::sys::fs_type(dir) {
         Ok(CGROUP2_SUPER_MAGIC) if dir.is_dir() => return Ok(()),
-        Ok(_) => "--cgroup: not a cgroup v2 directory; pass one under the cgroup2 mount \
-                  (see /proc/mounts), or leave --cgroup out to use its root"
+        Ok(_) => "not a cgroup v2 directory; pass one under the cgroup2 mount (see \
+                  /proc/mounts), or leave --cgroup out to use its root"
             .to_string(),
-        Err(err) => format!("--cgroup: {err}; pass an existing cgroup v2 directory"),
+        Err(err) => format!("{err}; pass an existing cgroup v2 directory"),
     };
-    Err(DatapathError::Setup { path: dir.into(), problem })
+    Err(DatapathError::Flag { flag: "--cgroup", path: dir.into(), problem })
 }
 
 fn mount_points(fs_type: &str) -> Result<Vec<PathBuf>, DatapathError> {

@@ -8,7 +8,7 @@ use std::{
 
 use proxy_common::{Counter, OrigDst, SockAddr};
 
-use super::{Datapath, DatapathError};
+use super::{Datapath, DatapathError, MapUsage};
 use crate::config::Capacity;
 
 #[derive(Default)]
@@ -68,6 +68,15 @@ impl Datapath for Recorder {
     ) -> Result<Option<OrigDst>, DatapathError> {
         let filed = self.orig_dst.lock().unwrap().remove(&client);
         Ok(filed.map(|(dst, netns)| OrigDst { dst: SockAddr::from(dst), reserved: 0, netns }))
+    }
+
+    fn usage(&self) -> Vec<MapUsage> {
+        let (vips, pods) = (self.vips.lock().unwrap().len(), self.enrolled.lock().unwrap().len());
+        MapUsage::of(&self.capacity, vips, pods)
+    }
+
+    fn full(&self) -> bool {
+        *self.full.lock().unwrap()
     }
 
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {

@@ -110,7 +110,7 @@ impl Poller {
             Ok(text) => text,
             Err(err) => {
                 if !self.last_text.is_empty() {
-                    warn!("{err}; keeping the last good config");
+                    warn!("{}; keeping the last good config", crate::Chain(&err));
                 }
                 self.last_text.clear();
                 return Checked::Same;
@@ -120,7 +120,8 @@ impl Poller {
             return Checked::Same;
         }
         self.last_text = text;
-        let parsed = Config::parse(&self.path, &self.last_text).map_err(|e| e.to_string());
+        let parsed =
+            Config::parse(&self.path, &self.last_text).map_err(|e| crate::Chain(&e).to_string());
         match parsed.and_then(|config| self.not_emptied_by_accident(config)) {
             Ok(config) => {
                 self.warn_fixed_fields(&config);

@@ -112,7 +112,7 @@ impl State {
     /// known ones get their endpoints and policy updated, missing ones are stopped.
     /// A VIP whose name or protocol changed is replaced. Must run inside a tokio runtime.
     pub fn apply(&self, desired: &[DesiredService]) {
-        let mut owned = self.owned.lock().unwrap();
+        let mut owned = crate::sync::lock(&self.owned);
         let wanted: HashMap<SocketAddr, &DesiredService> =
             desired.iter().map(|d| (d.vip, d)).collect();
         owned.retain(|vip, m| {

@@ -40,7 +40,7 @@ impl Http1Pool {
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<SendRequest<ProxyBody>>> {
-        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.idle)
     }
 }
 

@@ -63,11 +63,11 @@ impl Balancer {
 
     /// The retry budget (never held across an await).
     pub fn budget(&self) -> MutexGuard<'_, RetryBudget> {
-        self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.budget)
     }
 
     fn upstreams(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<Upstream>>> {
-        self.upstreams.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.upstreams)
     }
 
     /// Retires connections to endpoints that left rotation and closes those to

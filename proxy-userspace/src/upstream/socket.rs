@@ -49,7 +49,7 @@ impl Sockets {
     }
 
     fn handles(&self) -> MutexGuard<'_, Vec<Weak<std::net::TcpStream>>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.0)
     }
 }
 

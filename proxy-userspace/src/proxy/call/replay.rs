@@ -125,8 +125,7 @@ where
 
 impl<B> Shared<B> {
     fn lock(&self) -> MutexGuard<'_, State<B>> {
-        // A poisoned lock only means a poll panicked elsewhere; the state is still whole.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 }
 
