@@ -47,6 +47,7 @@ fn exported() -> BTreeSet<String> {
     metrics.limit_hit("global");
     metrics.config_update(false);
     let _open = metrics.connection("h2");
+    let _tunnel = metrics.tunnel("s", "upgrade");
     metrics
         .encode()
         .lines()

@@ -20,11 +20,14 @@ mod kube_proxy;
 mod names;
 mod netns;
 pub mod node;
+pub mod pattern;
 pub mod plot;
 pub mod probe;
 mod proc;
 pub mod rolling;
 mod sys;
+pub mod web;
+pub mod web_node;
 
 pub use agent::{ADMIN, ADMIN_CONNECTIONS, Agent, http_get};
 pub use echo_node::EchoNode;
@@ -33,6 +36,7 @@ pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
 pub use sys::{catch_interrupt, enter_netns, interrupted, monotonic_ns, raise_nofile_limit};
+pub use web_node::WebNode;
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +57,15 @@ pub fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Reads the JSON report a sandbox program prints as its last non-empty line.
+pub fn last_json_line<T: serde::de::DeserializeOwned>(
+    output: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    serde_json::from_str(line).map_err(|e| anyhow::anyhow!("no {what} ({e}) in: {output}"))
 }
 
 /// Finds one of the workspace's binaries (`sockeye`, `sk-pod`) next to the running

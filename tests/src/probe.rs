@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -20,8 +19,7 @@ pub struct Report {
 impl Report {
     /// Reads the report from a probe's output (its last non-empty line).
     pub fn parse(output: &str) -> anyhow::Result<Self> {
-        let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        serde_json::from_str(line).with_context(|| format!("no probe report in: {output}"))
+        crate::last_json_line(output, "probe report")
     }
 
     /// The only client address backends saw, if there was exactly one.

@@ -47,6 +47,13 @@ pub struct ServiceLabel {
     pub service: Arc<str>,
 }
 
+/// `kind` is `upgrade` (HTTP/1.1 101) or `connect` (a CONNECT answered 2xx).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceKind {
+    pub service: Arc<str>,
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceProtocol {
     pub service: Arc<str>,

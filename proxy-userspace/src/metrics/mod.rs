@@ -22,7 +22,7 @@ use crate::{
 };
 pub use labels::OTHER;
 use labels::{
-    LimitLabel, ProtocolLabel, ResultLabel, ServiceCode, ServiceLabel, ServiceNames,
+    LimitLabel, ProtocolLabel, ResultLabel, ServiceCode, ServiceKind, ServiceLabel, ServiceNames,
     ServiceProtocol, ServiceReason, ServiceState,
 };
 
@@ -50,6 +50,8 @@ pub struct Metrics {
     limit_hits: Family<LimitLabel, Counter>,
     config_updates: Family<ResultLabel, Counter>,
     latency: Family<ServiceLabel, Histogram>,
+    tunnels: Family<ServiceKind, Counter>,
+    open_tunnels: Family<ServiceLabel, Gauge>,
 }
 
 impl Metrics {
@@ -70,6 +72,8 @@ impl Metrics {
             limit_hits: Family::default(),
             config_updates: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            tunnels: Family::default(),
+            open_tunnels: Family::default(),
             names: names.clone(),
             registry: Registry::default(),
         };
@@ -131,6 +135,12 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             metrics.latency.clone(),
         );
+        r.register(
+            "tunnels",
+            "Calls that became byte tunnels (an Upgrade answered 101, a CONNECT answered 2xx)",
+            metrics.tunnels.clone(),
+        );
+        r.register("open_tunnels", "Tunnels open now, per service", metrics.open_tunnels.clone());
         r.register_collector(Box::new(collectors::KernelCounters(datapath)));
         r.register_collector(Box::new(collectors::EndpointStates { state, names }));
         Arc::new(Self { registry, ..metrics })
@@ -204,6 +214,15 @@ impl Metrics {
     /// Counts a downstream connection as open until the guard drops.
     pub fn connection(&self, protocol: &'static str) -> ConnectionGuard {
         let gauge = self.connections.get_or_create(&ProtocolLabel { protocol }).clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// Counts a tunnel of `kind` (`upgrade` or `connect`), open until the guard drops.
+    pub fn tunnel(&self, service: &str, kind: &'static str) -> ConnectionGuard {
+        let service = self.service(service);
+        self.tunnels.get_or_create(&ServiceKind { service: service.clone(), kind }).inc();
+        let gauge = self.open_tunnels.get_or_create(&ServiceLabel { service }).clone();
         gauge.inc();
         ConnectionGuard(gauge)
     }

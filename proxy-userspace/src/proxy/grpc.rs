@@ -45,14 +45,23 @@ pub fn http_equivalent(code: u32) -> u16 {
 pub fn error(code: u32, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    *response.headers_mut() = status_headers(code, message);
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// `grpc-status: code` and a `grpc-message` saying it came from sockeye: the headers
+/// of a trailers-only answer, or the trailers that end a stream.
+pub fn status_headers(code: u32, message: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
     headers.insert("grpc-status", HeaderValue::from(code));
     let encoded = percent_encode(&format!("sockeye: {message}"));
     if let Ok(value) = HeaderValue::from_str(&encoded) {
         headers.insert("grpc-message", value);
     }
-    response
+    headers
 }
 
 /// The percent-encoding of `grpc-message` (gRPC over HTTP/2, "Responses").

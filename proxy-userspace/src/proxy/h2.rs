@@ -1,5 +1,6 @@
 //! HTTP/2 from the client: the agent terminates the connection and balances each
-//! request (stream) on its own. When the agent drains it sends GOAWAY and lets the
+//! request (stream) on its own; extended CONNECT (RFC 8441) is offered, and becomes a
+//! tunnel to the endpoint that accepts it. When the agent drains it sends GOAWAY and lets the
 //! requests in flight finish.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -9,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::forward::forward;
+use super::call;
 use crate::{drain::DrainWatch, upstream::Balancer};
 
 /// Pings an idle client this often, and drops it if a ping goes unanswered this long.
@@ -20,15 +21,16 @@ pub async fn serve<S>(io: S, balancer: Arc<Balancer>, drain: DrainWatch)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    let handler = hyper::service::service_fn(move |req| {
         let balancer = balancer.clone();
-        async move { Ok::<_, Infallible>(forward(&balancer, req).await) }
+        async move { Ok::<_, Infallible>(call::handle(&balancer, req).await) }
     });
     let connection = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(CLIENT_KEEPALIVE)
         .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
+        .enable_connect_protocol()
+        .serve_connection(TokioIo::new(io), handler);
     tokio::pin!(connection);
     // Inline rather than through a generic helper: hyper's connection futures defeat
     // the compiler's Send inference when passed by reference into another future.

@@ -1,6 +1,7 @@
 //! HTTP/1.1 from the client: each request on the connection is balanced on its own,
-//! like an HTTP/2 stream. When the agent drains, the response in flight is the
-//! connection's last (`Connection: close`).
+//! like an HTTP/2 stream. A request whose answer switches protocols (an Upgrade
+//! answered 101, a CONNECT answered 2xx) turns the connection into a tunnel. When the
+//! agent drains, the response in flight is the connection's last (`Connection: close`).
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -9,7 +10,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use super::forward::forward;
+use super::call;
 use crate::{drain::DrainWatch, upstream::Balancer};
 
 /// A client must finish sending request headers within this time.
@@ -19,14 +20,15 @@ pub async fn serve<S>(io: S, balancer: Arc<Balancer>, drain: DrainWatch)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
+    let handler = hyper::service::service_fn(move |req| {
         let balancer = balancer.clone();
-        async move { Ok::<_, Infallible>(forward(&balancer, req).await) }
+        async move { Ok::<_, Infallible>(call::handle(&balancer, req).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), handler)
+        .with_upgrades();
     tokio::pin!(connection);
     // Inline rather than through a generic helper: hyper's connection futures defeat
     // the compiler's Send inference when passed by reference into another future.

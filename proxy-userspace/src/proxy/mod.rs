@@ -5,7 +5,7 @@
 
 mod admission;
 pub mod body;
-mod forward;
+mod call;
 pub mod grpc;
 mod h2;
 mod http1;

@@ -1,4 +1,5 @@
-//! Retries: what may be retried, and the budget that bounds them.
+//! Retries: what may be retried, and the budget that bounds them. The decisions are
+//! pure; the loop that makes tries is `proxy::call::tries`.
 
 pub mod budget;
 
@@ -40,6 +41,37 @@ impl TryFailure {
                 (502..=504).contains(http) && policy.allows(RetryOn::GatewayError)
             }
         }
+    }
+}
+
+/// Why a call gets no further try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoRetry {
+    /// The policy does not retry this failure.
+    NotRetryable,
+    /// A plain HTTP request whose method is not idempotent.
+    NotIdempotent,
+    /// The request body outgrew the replay copy: the call is committed to its endpoint.
+    Outgrown,
+}
+
+/// Whether another try may follow `failure`, the budget aside. `idempotent` is true
+/// for gRPC calls and idempotent HTTP methods; `replayable` when the replay copy
+/// still holds everything the client has sent.
+pub fn may_retry(
+    failure: &TryFailure,
+    policy: &RetryPolicy,
+    idempotent: bool,
+    replayable: bool,
+) -> Result<(), NoRetry> {
+    if !failure.retryable(policy) {
+        Err(NoRetry::NotRetryable)
+    } else if !idempotent {
+        Err(NoRetry::NotIdempotent)
+    } else if !replayable {
+        Err(NoRetry::Outgrown)
+    } else {
+        Ok(())
     }
 }
 
@@ -94,5 +126,16 @@ mod tests {
         ];
         assert!(yes.iter().all(|f| f.retryable(&policy)));
         assert!(no.iter().all(|f| !f.retryable(&policy)));
+    }
+
+    #[test]
+    fn a_retry_needs_a_retryable_failure_a_safe_call_and_the_whole_body() {
+        let policy = RetryPolicy::default();
+        let reset = TryFailure::Local(LocalOriginFailure::Reset);
+        assert_eq!(may_retry(&reset, &policy, true, true), Ok(()));
+        assert_eq!(may_retry(&reset, &policy, false, true), Err(NoRetry::NotIdempotent));
+        assert_eq!(may_retry(&reset, &policy, true, false), Err(NoRetry::Outgrown));
+        let internal = TryFailure::Status { http: 200, grpc: Some(13) };
+        assert_eq!(may_retry(&internal, &policy, true, true), Err(NoRetry::NotRetryable));
     }
 }

@@ -43,14 +43,15 @@ pub struct Transition {
 /// Transitions buffered for slow subscribers before they miss some.
 const TRANSITION_BUFFER: usize = 4096;
 
-struct Managed {
+/// A service and the command channel of its lifecycle owner task.
+struct OwnedService {
     service: Arc<Service>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
 pub struct State {
     table: ArcSwap<HashMap<SocketAddr, Arc<Service>>>,
-    managed: std::sync::Mutex<HashMap<SocketAddr, Managed>>,
+    owned: std::sync::Mutex<HashMap<SocketAddr, OwnedService>>,
     transitions: broadcast::Sender<Transition>,
     checker: Arc<dyn Checker>,
     /// Set when a service's lifecycle owner panicked: the agent cannot go on with a
@@ -70,7 +71,7 @@ impl State {
     pub fn with_checker(checker: Arc<dyn Checker>) -> Self {
         Self {
             table: ArcSwap::default(),
-            managed: Default::default(),
+            owned: Default::default(),
             transitions: broadcast::Sender::new(TRANSITION_BUFFER),
             checker,
             failure: watch::Sender::new(None),
@@ -111,10 +112,10 @@ impl State {
     /// known ones get their endpoints and policy updated, missing ones are stopped.
     /// A VIP whose name or protocol changed is replaced. Must run inside a tokio runtime.
     pub fn apply(&self, desired: &[DesiredService]) {
-        let mut managed = crate::sync::lock(&self.managed);
+        let mut owned = crate::sync::lock(&self.owned);
         let wanted: HashMap<SocketAddr, &DesiredService> =
             desired.iter().map(|d| (d.vip, d)).collect();
-        managed.retain(|vip, m| {
+        owned.retain(|vip, m| {
             let keep = wanted
                 .get(vip)
                 .is_some_and(|d| *m.service.name == *d.name && m.service.protocol == d.protocol);
@@ -124,15 +125,15 @@ impl State {
             keep
         });
         for d in desired {
-            let m = managed.entry(d.vip).or_insert_with(|| self.spawn(d));
+            let m = owned.entry(d.vip).or_insert_with(|| self.spawn(d));
             let _ = m.commands.send(Command::Policy(Box::new(d.policy.clone())));
             let _ = m.commands.send(Command::Endpoints(d.endpoints.clone()));
         }
-        let table = managed.iter().map(|(vip, m)| (*vip, m.service.clone())).collect();
+        let table = owned.iter().map(|(vip, m)| (*vip, m.service.clone())).collect();
         self.table.store(Arc::new(table));
     }
 
-    fn spawn(&self, d: &DesiredService) -> Managed {
+    fn spawn(&self, d: &DesiredService) -> OwnedService {
         let (service, outcomes) = Service::new(&d.name, d.vip, d.protocol, d.policy.clone());
         let (commands, receiver) = mpsc::unbounded_channel();
         let (owner, findings) =
@@ -147,7 +148,7 @@ impl State {
                 )));
             }
         });
-        Managed { service, commands }
+        OwnedService { service, commands }
     }
 }
 

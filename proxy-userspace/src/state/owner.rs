@@ -35,7 +35,8 @@ pub enum Command {
     Stop,
 }
 
-struct Managed {
+/// What the owner keeps per endpoint.
+struct Entry {
     endpoint: Arc<Endpoint>,
     record: Record,
     checker: Option<JoinHandle<()>>,
@@ -45,7 +46,7 @@ pub struct Owner {
     service: Arc<Service>,
     transitions: broadcast::Sender<Transition>,
     checker: Arc<dyn Checker>,
-    endpoints: HashMap<SocketAddr, Managed>,
+    endpoints: HashMap<SocketAddr, Entry>,
     outlier: Detector,
     results: Results,
 }
@@ -115,7 +116,7 @@ impl Owner {
             self.announce(&endpoint, None, Lifecycle::Warming);
             let checker = self.start_checker(addr, &policy);
             let record = Record::new(condition, checker.is_some(), now);
-            self.endpoints.insert(addr, Managed { endpoint, record, checker });
+            self.endpoints.insert(addr, Entry { endpoint, record, checker });
         }
         self.publish();
     }

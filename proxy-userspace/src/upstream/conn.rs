@@ -1,21 +1,24 @@
 //! One endpoint's upstream connections: the HTTP/2 connection, shared by every request
 //! to it and remade when it dies, and a pool of HTTP/1.1 ones. Keepalive pings find a
 //! dead or frozen peer (one that neither answers nor resets) within [`KEEPALIVE`]
-//! twice over.
+//! twice over: a stream to a killed endpoint fails that fast, never stalls.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http2::{self, SendRequest};
+use http::{Request, Response};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{net::TcpStream, task::AbortHandle};
+use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::http1::Http1Pool;
+use super::{
+    http1::{Http1Pool, is_upgrade},
+    socket::{Socket, Sockets},
+};
 use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
 
 /// Ping interval, and how long a ping may go unanswered.
@@ -32,15 +35,27 @@ pub fn h2_client() -> http2::Builder<TokioExecutor> {
     builder
 }
 
+/// Why a request got no response headers from the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("connecting failed: {0:?}")]
+    Connect(LocalOriginFailure),
+    /// REFUSED_STREAM, or GOAWAY before the stream: the endpoint never saw it.
+    #[error("the endpoint refused the stream")]
+    Refused,
+    #[error("the connection or stream was reset before response headers")]
+    Reset,
+}
+
 pub struct Upstream {
     pub addr: SocketAddr,
-    /// HTTP/1.1 connections, for clients that speak it.
-    pub http1: Http1Pool,
-    /// The connection new requests go to.
-    live: ArcSwapOption<SendRequest<ProxyBody>>,
-    /// Every connection still running, retired ones included.
-    tasks: Mutex<Vec<AbortHandle>>,
-    /// One connect at a time per endpoint.
+    /// Idle HTTP/1.1 connections, for clients that speak it.
+    http1: Http1Pool,
+    /// The HTTP/2 connection new requests go to.
+    live: ArcSwapOption<http2::SendRequest<ProxyBody>>,
+    /// The sockets of every connection still open, retired ones included.
+    sockets: Sockets,
+    /// One HTTP/2 connect at a time per endpoint.
     connecting: tokio::sync::Mutex<()>,
     /// Turns true when the endpoint is gone: requests in flight to it give up.
     closed: tokio::sync::watch::Sender<bool>,
@@ -52,17 +67,43 @@ impl Upstream {
             addr,
             http1: Http1Pool::default(),
             live: ArcSwapOption::empty(),
-            tasks: Mutex::default(),
+            sockets: Sockets::default(),
             connecting: Default::default(),
             closed: tokio::sync::watch::Sender::new(false),
         })
     }
 
-    /// A sender on a live connection, connecting first if there is none.
-    pub async fn sender(
+    /// Sends `req` and waits for its response headers: on the shared HTTP/2 connection,
+    /// or on an idle (else new) HTTP/1.1 connection, which goes back to the pool once
+    /// the response is read, unless the response turned it into a tunnel.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        if req.version() == http::Version::HTTP_2 {
+            let mut sender = self.h2_sender(connect_timeout).await?;
+            sender.ready().await.map_err(|_| SendError::Reset)?;
+            return sender.send_request(req).await.map_err(classify);
+        }
+        let mut sender = match self.http1.take() {
+            Some(sender) => sender,
+            None => self.http1_connect(connect_timeout).await?,
+        };
+        sender.ready().await.map_err(|_| SendError::Reset)?;
+        let method = req.method().clone();
+        let response = sender.send_request(req).await.map_err(classify)?;
+        if !is_upgrade(&method, response.status()) {
+            self.http1.give_back(sender);
+        }
+        Ok(response)
+    }
+
+    /// A sender on the live HTTP/2 connection, connecting first if there is none.
+    async fn h2_sender(
         &self,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<ProxyBody>, LocalOriginFailure> {
+    ) -> Result<http2::SendRequest<ProxyBody>, SendError> {
         if let Some(sender) = self.ready_sender() {
             return Ok(sender);
         }
@@ -70,41 +111,57 @@ impl Upstream {
         if let Some(sender) = self.ready_sender() {
             return Ok(sender);
         }
-        let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
-                Err(_) => return Err(LocalOriginFailure::ConnectTimeout),
-                Ok(Err(err)) => {
-                    debug!(endpoint = %self.addr, "connect failed: {err}");
-                    return Err(LocalOriginFailure::ConnectRefused);
-                }
-                Ok(Ok(stream)) => stream,
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect(connect_timeout).await?;
         let (sender, connection) =
             h2_client().handshake(TokioIo::new(stream)).await.map_err(|err| {
                 debug!(endpoint = %self.addr, "h2 handshake failed: {err}");
-                LocalOriginFailure::Reset
+                SendError::Reset
             })?;
-        let addr = self.addr;
-        let task = tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                debug!(endpoint = %addr, "upstream connection ended: {err}");
-            }
-        })
-        .abort_handle();
-        let mut tasks = self.tasks.lock().unwrap();
-        tasks.retain(|t| !t.is_finished());
-        tasks.push(task);
+        self.run(connection);
         self.live.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 
-    fn ready_sender(&self) -> Option<SendRequest<ProxyBody>> {
-        let live = self.live.load();
-        live.as_ref().filter(|s| !s.is_closed()).map(|s| SendRequest::clone(s))
+    async fn http1_connect(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<ProxyBody>, SendError> {
+        let stream = self.connect(connect_timeout).await?;
+        let (sender, connection) =
+            http1::handshake(TokioIo::new(stream)).await.map_err(|_| SendError::Reset)?;
+        self.run(connection.with_upgrades());
+        Ok(sender)
     }
 
-    /// No new requests: the connection closes once its requests in flight are done.
+    /// A connection to the endpoint whose socket [`Upstream::close`] can shut down.
+    async fn connect(&self, timeout: Duration) -> Result<Socket, SendError> {
+        let stream = connect(self.addr, timeout).await?;
+        self.sockets.track(stream).map_err(|err| {
+            debug!(endpoint = %self.addr, "cannot keep a handle on the socket: {err}");
+            SendError::Connect(LocalOriginFailure::ConnectRefused)
+        })
+    }
+
+    /// Runs a connection until it ends.
+    fn run<F, E>(&self, connection: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                debug!(endpoint = %addr, "upstream connection ended: {err}");
+            }
+        });
+    }
+
+    fn ready_sender(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        let live = self.live.load();
+        live.as_ref().filter(|s| !s.is_closed()).map(|s| http2::SendRequest::clone(s))
+    }
+
+    /// No new requests: the connections close once their requests in flight are done.
     pub fn retire(&self) {
         self.live.store(None);
         self.http1.clear();
@@ -115,16 +172,19 @@ impl Upstream {
         let _ = self.closed.subscribe().wait_for(|closed| *closed).await;
     }
 
-    /// Closes the connection now; requests in flight on it fail (and may be retried).
+    /// Whether the endpoint is gone: its connections were closed on purpose.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Closes the connections now; requests in flight on them fail (and may be
+    /// retried), streams and tunnels on them end.
     pub fn close(&self) {
         self.closed.send_replace(true);
         self.live.store(None);
         self.http1.clear();
-        let tasks: Vec<AbortHandle> = self.tasks.lock().unwrap().drain(..).collect();
-        debug!(endpoint = %self.addr, connections = tasks.len(), "closing upstream connections");
-        for task in tasks {
-            task.abort();
-        }
+        let connections = self.sockets.shut_down();
+        debug!(endpoint = %self.addr, connections, "closed upstream connections");
     }
 }
 
@@ -132,4 +192,27 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// A TCP connection to `addr`, with Nagle off (small frames go at once).
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, SendError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(SendError::Connect(LocalOriginFailure::ConnectTimeout)),
+        Ok(Err(err)) => {
+            debug!(endpoint = %addr, "connect failed: {err}");
+            return Err(SendError::Connect(LocalOriginFailure::ConnectRefused));
+        }
+        Ok(Ok(stream)) => stream,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Why hyper failed a request: a refused stream is safe to retry anywhere.
+fn classify(err: hyper::Error) -> SendError {
+    let refused = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        .is_some_and(|r| r == h2::Reason::REFUSED_STREAM);
+    if refused { SendError::Refused } else { SendError::Reset }
 }

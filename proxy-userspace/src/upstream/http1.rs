@@ -1,14 +1,12 @@
-//! One endpoint's HTTP/1.1 connections: a small pool of idle keep-alive connections,
-//! one request at a time on each, a new connection when none is idle.
+//! One endpoint's idle HTTP/1.1 connections: a small pool of keep-alive connections,
+//! one request at a time on each.
 
-use std::{net::SocketAddr, sync::Mutex, time::Duration};
+use std::sync::{Mutex, MutexGuard};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tracing::debug;
+use http::{Method, StatusCode};
+use hyper::client::conn::http1::SendRequest;
 
-use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
+use crate::proxy::body::ProxyBody;
 
 /// Idle connections kept per endpoint.
 const IDLE_MAX: usize = 32;
@@ -19,38 +17,18 @@ pub struct Http1Pool {
 }
 
 impl Http1Pool {
-    /// An idle connection, or a new one.
-    pub async fn take(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-    ) -> Result<SendRequest<ProxyBody>, LocalOriginFailure> {
-        {
-            let mut idle = self.idle.lock().unwrap();
-            idle.retain(|s| !s.is_closed());
-            if let Some(at) = idle.iter().position(SendRequest::is_ready) {
-                return Ok(idle.swap_remove(at));
-            }
-        }
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-            Err(_) => return Err(LocalOriginFailure::ConnectTimeout),
-            Ok(Err(err)) => {
-                debug!(endpoint = %addr, "connect failed: {err}");
-                return Err(LocalOriginFailure::ConnectRefused);
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(|_| LocalOriginFailure::Reset)?;
-        tokio::spawn(connection);
-        Ok(sender)
+    /// An idle connection ready for a request, if there is one.
+    pub fn take(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.idle();
+        idle.retain(|s| !s.is_closed());
+        let at = idle.iter().position(SendRequest::is_ready)?;
+        Some(idle.swap_remove(at))
     }
 
     /// Gives a connection back once its request is sent; it is reused when its
     /// response has been read.
     pub fn give_back(&self, sender: SendRequest<ProxyBody>) {
-        let mut idle = self.idle.lock().unwrap();
+        let mut idle = self.idle();
         if idle.len() < IDLE_MAX && !sender.is_closed() {
             idle.push(sender);
         }
@@ -58,6 +36,16 @@ impl Http1Pool {
 
     /// Drops every idle connection (the endpoint left rotation).
     pub fn clear(&self) {
-        self.idle.lock().unwrap().clear();
+        self.idle().clear();
     }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<SendRequest<ProxyBody>>> {
+        crate::sync::lock(&self.idle)
+    }
+}
+
+/// Whether a response turns its connection into a byte tunnel: 101 Switching
+/// Protocols (an HTTP/1.1 Upgrade), or a 2xx to CONNECT.
+pub fn is_upgrade(method: &Method, status: StatusCode) -> bool {
+    status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && status.is_success())
 }

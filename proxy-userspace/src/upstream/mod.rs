@@ -1,19 +1,22 @@
 //! Upstream connections per service: one [`Upstream`] per endpoint, created on first
 //! use and retired or closed as the endpoint's lifecycle says. A Draining endpoint
 //! gets no new requests and its connections close once idle; a Gone endpoint's
-//! connections close at once, failing what is still in flight so it can be retried.
+//! connections close at once, failing what is still in flight so it can be retried,
+//! and ending the streams and tunnels still open on them.
 
 mod conn;
 mod http1;
+mod socket;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex, MutexGuard, Weak},
     time::Instant,
 };
 
-pub use conn::{KEEPALIVE, Upstream, h2_client};
+pub use conn::{KEEPALIVE, SendError, Upstream, h2_client};
+pub use http1::is_upgrade;
 
 use crate::{
     balance::{P2c, Select},
@@ -22,13 +25,13 @@ use crate::{
     state::{Lifecycle, Service},
 };
 
-/// What the proxy keeps per service besides its state: connections, selection and the
-/// retry budget.
+/// What the proxy keeps per service besides its state: selection, the retry budget
+/// and the endpoints' connections.
 pub struct Balancer {
     pub service: Arc<Service>,
     pub metrics: Arc<Metrics>,
     pub select: Box<dyn Select>,
-    pub budget: Mutex<RetryBudget>,
+    budget: Mutex<RetryBudget>,
     /// Opaque-TCP connections allowed to one endpoint at once.
     pub connection_cap: u32,
     upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
@@ -55,24 +58,31 @@ impl Balancer {
     }
 
     pub fn upstream(&self, addr: SocketAddr) -> Arc<Upstream> {
-        self.upstreams.lock().unwrap().entry(addr).or_insert_with(|| Upstream::new(addr)).clone()
+        self.upstreams().entry(addr).or_insert_with(|| Upstream::new(addr)).clone()
+    }
+
+    /// The retry budget (never held across an await).
+    pub fn budget(&self) -> MutexGuard<'_, RetryBudget> {
+        crate::sync::lock(&self.budget)
+    }
+
+    fn upstreams(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<Upstream>>> {
+        crate::sync::lock(&self.upstreams)
     }
 
     /// Retires connections to endpoints that left rotation and closes those to
     /// endpoints that are gone.
     fn sweep(&self) {
         let set = self.service.endpoints();
-        self.upstreams.lock().unwrap().retain(|addr, upstream| {
-            match set.get(addr).map(|e| e.lifecycle()) {
-                Some(Lifecycle::Ready) => true,
-                Some(Lifecycle::Gone) | None => {
-                    upstream.close();
-                    false
-                }
-                Some(_) => {
-                    upstream.retire();
-                    true
-                }
+        self.upstreams().retain(|addr, upstream| match set.get(addr).map(|e| e.lifecycle()) {
+            Some(Lifecycle::Ready) => true,
+            Some(Lifecycle::Gone) | None => {
+                upstream.close();
+                false
+            }
+            Some(_) => {
+                upstream.retire();
+                true
             }
         });
     }

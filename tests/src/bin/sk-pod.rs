@@ -14,6 +14,15 @@
 //!                    [--payload-bytes N] [--max-in-flight M]
 //!       Open-loop unary calls over one HTTP/2 connection; prints a JSON report
 //!       (sandbox::grpc::load::LoadReport) as its last line.
+//!   sk-pod grpc-shape --to ADDR --shape unary|fetch|upload|pingpong|bulk|hold
+//!                     [--count N] [--size B] [--pause-ms P] [--read-rate BYTES_PER_S]
+//!       One call of that shape, checked end to end; prints progress lines, then a
+//!       JSON report (sandbox::grpc::shapes::ShapeReport) as its last line.
+//!   sk-pod http-server --port P --name NAME
+//!       An HTTP/1.1 (with WebSocket upgrades) and h2c backend (see sandbox::web).
+//!   sk-pod http-shape --to ADDR --shape SHAPE [--bytes B] [--count N]
+//!       One HTTP exchange of that shape (see sandbox::web::shapes); prints a JSON
+//!       report (sandbox::web::shapes::WebReport) as its last line.
 //!   sk-pod tcp-hold --to ADDR --count N
 //!       Opens N connections to an echo backend and holds them until each ends; prints
 //!       `held N`, then a line per ended connection, `last ended at monotonic_ns=T`,
@@ -56,7 +65,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use sandbox::{grpc, probe::Report};
+use sandbox::{
+    grpc,
+    pattern::{Fnv, fill},
+    probe::Report,
+    web,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -94,6 +108,31 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        "grpc-shape" => {
+            let report = runtime()?.block_on(grpc::shapes::run(grpc::shapes::Options {
+                to: get("to")?.parse()?,
+                shape: get("shape")?.parse()?,
+                count: flags.get("count").map_or(Ok(1), |v| v.parse())?,
+                size: flags.get("size").map_or(Ok(100), |v| v.parse())?,
+                pause: millis(&flags, "pause-ms", 0)?,
+                read_rate: flags.get("read-rate").map(|v| v.parse()).transpose()?,
+            }))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        "http-server" => {
+            runtime()?.block_on(web::server::run(get("port")?.parse()?, get("name")?.clone()))
+        }
+        "http-shape" => {
+            let report = runtime()?.block_on(web::shapes::run(
+                get("to")?.parse()?,
+                get("shape")?,
+                flags.get("bytes").map_or(Ok(1 << 20), |v| v.parse())?,
+                flags.get("count").map_or(Ok(1), |v| v.parse())?,
+            ))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         "tcp-hold" => hold(get("to")?.parse()?, get("count")?.parse()?),
         "tcp-mirror" => mirror(get("port")?.parse()?),
         "tcp-stream" => stream(
@@ -120,8 +159,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-hold | tcp-mirror \
-             | tcp-stream | tcp-pingpong | tcp-connect | tcp-junk | cpu-burn \
+            "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | grpc-shape \
+             | http-server | http-shape | tcp-hold | tcp-mirror | tcp-stream | tcp-pingpong \
+             | tcp-connect | tcp-idle | tcp-junk | http1-hold | pause | cpu-burn \
              (see the source header)"
         ),
     }
@@ -278,17 +318,12 @@ fn stream_one(to: SocketAddr, seed: u64, bytes: u64, chunk: usize) -> anyhow::Re
         }
     });
     let (mut sent, mut rng, mut buf) =
-        (Fnv::default(), seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, vec![0u8; chunk]);
+        (Fnv::default(), seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), vec![0u8; chunk]);
     let mut left = bytes;
     while left > 0 {
         let n = chunk.min(left as usize);
-        for byte in &mut buf[..n] {
-            // xorshift64: cheap bytes that differ per connection.
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            *byte = rng as u8;
-        }
+        // Cheap bytes that differ per connection.
+        rng = fill(rng, &mut buf[..n]);
         conn.write_all(&buf[..n]).context("send")?;
         sent.add(&buf[..n]);
         left -= n as u64;
@@ -375,23 +410,6 @@ fn connects(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     });
     println!("{report}");
     Ok(())
-}
-
-/// FNV-1a, 64 bits: a checksum that notices reordered or changed bytes.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn add(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
 }
 
 /// Misbehaving clients: the HTTP/2 preface then garbage, the preface then a half close,

@@ -7,6 +7,9 @@
 //! - `delay <ms>`: wait before answering every call
 //! - `hang on` | `hang off`: never answer calls (a frozen app that still accepts)
 //! - `stats`: print `<name> calls=<n>`, the calls it has received
+//! - `crash-after <n> <marker>`: exit abruptly on the n-th message of a client stream,
+//!   if this backend is the first to create the file `marker` (so of the backends
+//!   told, only the first to get that far crashes)
 //!
 //! It prints `listening`, `serving`, and `first call` lines with `t_ns=` stamps of
 //! CLOCK_MONOTONIC, comparable across the sandbox's processes.
@@ -44,6 +47,7 @@ struct Behaviour {
     fail: Option<Code>,
     delay: Duration,
     hang: bool,
+    crash_after: Option<(u64, std::path::PathBuf)>,
 }
 
 pub struct Backend {
@@ -54,14 +58,36 @@ pub struct Backend {
 }
 
 impl Backend {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts a call of any method.
+    pub(super) fn count_call(&self) {
+        if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            println!("{} first call t_ns={}", self.name, monotonic_ns());
+        }
+    }
+
+    /// Exits abruptly (every connection closes) when told to crash at this message.
+    pub(super) fn maybe_crash(&self, messages: u64) {
+        let behaviour = self.behaviour.lock().unwrap();
+        let Some((after, marker)) = &behaviour.crash_after else { return };
+        if messages < *after {
+            return;
+        }
+        if std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok() {
+            println!("{} crashing at message {messages} t_ns={}", self.name, monotonic_ns());
+            std::process::exit(3);
+        }
+    }
+
     pub(super) async fn answer(
         &self,
         req: tonic::Request<CallRequest>,
     ) -> Result<CallReply, Status> {
         let peer = req.remote_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
-        if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
-            println!("{} first call t_ns={}", self.name, monotonic_ns());
-        }
+        self.count_call();
         if !self.serving.load(Ordering::Acquire) {
             println!("{} call while not serving t_ns={}", self.name, monotonic_ns());
             return Err(Status::unavailable(format!("{} is not ready", self.name)));
@@ -151,6 +177,10 @@ async fn control(reporter: HealthReporter, backend: Arc<Backend>) {
                 Err(_) => eprintln!("control: bad delay {ms:?}"),
             },
             ["hang", on] => backend.behaviour.lock().unwrap().hang = *on == "on",
+            ["crash-after", n, marker] => match n.parse() {
+                Ok(n) => backend.behaviour.lock().unwrap().crash_after = Some((n, marker.into())),
+                Err(_) => eprintln!("control: bad count {n:?}"),
+            },
             ["stats"] => {
                 println!("{} calls={}", backend.name, backend.calls.load(Ordering::Relaxed))
             }

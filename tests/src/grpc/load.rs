@@ -65,8 +65,7 @@ pub struct Second {
 impl LoadReport {
     /// Reads the report from `grpc-load`'s output (its last non-empty line).
     pub fn parse(output: &str) -> anyhow::Result<Self> {
-        let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        serde_json::from_str(line).map_err(|e| anyhow::anyhow!("no load report ({e}) in: {output}"))
+        crate::last_json_line(output, "load report")
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 use tonic::{Status, body::Body, codegen::Service, server::Grpc};
 use tonic_prost::ProstCodec;
 
-use super::{CALL_PATH, CallReply, CallRequest, backend::Backend};
+use super::{CALL_PATH, CHAT_PATH, FETCH_PATH, UPLOAD_PATH, backend::Backend};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 
@@ -43,13 +43,33 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path();
-        if path == CALL_PATH {
-            let call = CallService(self.backend.clone());
-            return Box::pin(
-                async move { Ok(Grpc::new(ProstCodec::default()).unary(call, req).await) },
-            );
+        let backend = self.backend.clone();
+        match req.uri().path() {
+            CALL_PATH => {
+                let call = Handler(move |r| {
+                    let backend = backend.clone();
+                    async move { backend.answer(r).await.map(tonic::Response::new) }
+                });
+                return Box::pin(async move { Ok(grpc().unary(call, req).await) });
+            }
+            FETCH_PATH => {
+                let fetch = Handler(move |r| std::future::ready(backend.clone().fetch(r)));
+                return Box::pin(async move { Ok(grpc().server_streaming(fetch, req).await) });
+            }
+            UPLOAD_PATH => {
+                let upload = Handler(move |r| {
+                    let backend = backend.clone();
+                    async move { backend.upload(r).await }
+                });
+                return Box::pin(async move { Ok(grpc().client_streaming(upload, req).await) });
+            }
+            CHAT_PATH => {
+                let chat = Handler(move |r| std::future::ready(backend.clone().chat(r)));
+                return Box::pin(async move { Ok(grpc().streaming(chat, req).await) });
+            }
+            _ => {}
         }
+        let path = req.uri().path();
         if path == "/grpc.health.v1.Health/Watch" && self.no_watch {
             return Box::pin(async {
                 Ok(Status::unimplemented("Watch is not supported").into_http())
@@ -63,20 +83,33 @@ where
     }
 }
 
-#[derive(Clone)]
-struct CallService(Arc<Backend>);
+/// A gRPC server for one method's message types.
+fn grpc<E, D>() -> Grpc<ProstCodec<E, D>>
+where
+    E: prost::Message + Send + 'static,
+    D: prost::Message + Default + Send + 'static,
+{
+    Grpc::new(ProstCodec::default())
+}
 
-impl Service<tonic::Request<CallRequest>> for CallService {
-    type Response = tonic::Response<CallReply>;
+/// A gRPC method from a function of the request.
+#[derive(Clone)]
+struct Handler<F>(F);
+
+impl<F, Fut, Req, Res> Service<tonic::Request<Req>> for Handler<F>
+where
+    F: FnMut(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Res>, Status>>,
+{
+    type Response = tonic::Response<Res>;
     type Error = Status;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Status>> + Send>>;
+    type Future = Fut;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: tonic::Request<CallRequest>) -> Self::Future {
-        let backend = self.0.clone();
-        Box::pin(async move { backend.answer(req).await.map(tonic::Response::new) })
+    fn call(&mut self, req: tonic::Request<Req>) -> Fut {
+        (self.0)(req)
     }
 }
