@@ -34,10 +34,24 @@ pub enum Counter {
     /// Not steered: the agent's listener is open but its heartbeat is stale, so it
     /// hangs (fail open).
     SkipAgentStale,
+    /// Kernel mode: a connect to a VIP went straight to one of its Ready endpoints.
+    LbPicked,
+    /// Kernel mode, but the kernel's table holds no Ready endpoint: steered to the
+    /// agent instead (which has none either, unless it learned of one since).
+    LbNoBackend,
+    /// Kernel mode, but the slot taken was empty (its table was being rewritten) or
+    /// held an address of another family: steered to the agent instead.
+    LbSlotMissing,
+    /// A rewritten connect could not be recorded for getpeername (map update failed):
+    /// the app sees where the connect really went.
+    RewriteNotRecorded,
+    /// getpeername showed an app the VIP it dialled instead of the address the kernel
+    /// sent its connect to.
+    PeerRestored,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -52,6 +66,11 @@ impl Counter {
         Counter::AccelRedirected,
         Counter::AccelFallback,
         Counter::SkipAgentStale,
+        Counter::LbPicked,
+        Counter::LbNoBackend,
+        Counter::LbSlotMissing,
+        Counter::RewriteNotRecorded,
+        Counter::PeerRestored,
     ];
     /// Size of the counters array; leaves room for counters added later.
     pub const SLOTS: u32 = 32;
@@ -73,6 +92,11 @@ impl Counter {
             Counter::AccelRedirected => "accel_redirected",
             Counter::AccelFallback => "accel_fallback",
             Counter::SkipAgentStale => "skip_agent_stale",
+            Counter::LbPicked => "lb_picked",
+            Counter::LbNoBackend => "lb_no_backend",
+            Counter::LbSlotMissing => "lb_slot_missing",
+            Counter::RewriteNotRecorded => "rewrite_not_recorded",
+            Counter::PeerRestored => "peer_restored",
         }
     }
 }

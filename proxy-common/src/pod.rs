@@ -1,7 +1,10 @@
 //! `aya::Pod` for the shared map types, so userspace can read and write them.
 #![allow(unsafe_code)]
 
-use crate::{AgentState, FourTuple, SockAddr};
+use crate::{
+    AgentState, FourTuple, SockAddr,
+    lb::{BackendSlot, ConnectStats, LbService, Rewrite},
+};
 
 // SAFETY: `#[repr(C)]`, only integer fields, no implicit padding (4×u32 + 2×u16).
 unsafe impl aya::Pod for SockAddr {}
@@ -9,3 +12,11 @@ unsafe impl aya::Pod for SockAddr {}
 unsafe impl aya::Pod for FourTuple {}
 // SAFETY: `#[repr(C)]`, 2×u64 followed by two 20-byte `SockAddr`s: no padding.
 unsafe impl aya::Pod for AgentState {}
+// SAFETY: `#[repr(C)]`, four `u32`s.
+unsafe impl aya::Pod for LbService {}
+// SAFETY: `#[repr(C)]`, a 20-byte `SockAddr` and two `u16`s: no padding.
+unsafe impl aya::Pod for BackendSlot {}
+// SAFETY: `#[repr(C)]` pair of `SockAddr`s, no padding between them.
+unsafe impl aya::Pod for Rewrite {}
+// SAFETY: `#[repr(C)]`, three `u64`s.
+unsafe impl aya::Pod for ConnectStats {}

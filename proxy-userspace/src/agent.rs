@@ -30,6 +30,7 @@ use crate::{
     },
     eviction,
     handoff::{self, Listeners, Predecessor},
+    kernel_lb,
     metrics::Metrics,
     proxy::Proxy,
     state::State,
@@ -220,6 +221,13 @@ async fn serve(
     info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    tasks.spawn(kernel_lb::run(
+        state.clone(),
+        kernel.clone(),
+        discovery.watch(),
+        metrics.clone(),
+        stopping.clone(),
+    ));
     let proxy = Proxy::new(kernel.clone(), state.clone(), stopping, metrics.clone(), config.limits);
     let mut accepting = JoinSet::new();
     for listener in listeners {

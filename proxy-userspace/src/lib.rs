@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod eviction;
 pub mod handoff;
 pub mod health;
+pub mod kernel_lb;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;

@@ -3,7 +3,7 @@
 //! next agent (after a crash or an upgrade) adopts them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -20,20 +20,23 @@ use aya::{
     },
 };
 use proxy_common::{
-    AgentState, Counter, FourTuple, SockAddr, agent::HEARTBEAT_MAX_AGE_NS, listener_slot,
-    map_names, map_sizes,
+    AgentState, Counter, FourTuple, SockAddr,
+    agent::HEARTBEAT_MAX_AGE_NS,
+    lb::{BackendSlot, ConnectStats, LbService, Rewrite},
+    listener_slot, map_names, map_sizes,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use super::{Datapath, DatapathError, mounts::require_bpffs};
+use super::{Datapath, DatapathError, KernelConnects, lb_maps::LbMaps, mounts::require_bpffs};
 use crate::sys;
 
 /// The object built from `proxy-ebpf` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
 /// Programs attached to the cgroup, in attach order.
-const PROGRAMS: [&str; 3] = ["sk_connect4", "sk_connect6", "sk_sockops"];
+const PROGRAMS: [&str; 5] =
+    ["sk_connect4", "sk_connect6", "sk_sockops", "sk_getpeername4", "sk_getpeername6"];
 
 pub struct KernelOptions {
     /// The cgroup v2 directory to attach to.
@@ -59,6 +62,7 @@ pub struct Kernel {
     orig_dst: Mutex<HashMap<MapData, FourTuple, SockAddr>>,
     counters: PerCpuArray<MapData, u64>,
     listeners: Mutex<SockMap<MapData>>,
+    lb: Mutex<LbMaps>,
 }
 
 impl Kernel {
@@ -109,6 +113,11 @@ impl Kernel {
             orig_dst: Mutex::new(take_map(&mut ebpf, map_names::ORIG_BY_TUPLE)?),
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             listeners: Mutex::new(take_map(&mut ebpf, map_names::LISTENERS)?),
+            lb: Mutex::new(LbMaps::new(
+                take_map(&mut ebpf, map_names::LB_SERVICES)?,
+                take_map(&mut ebpf, map_names::LB_BACKENDS)?,
+                take_map(&mut ebpf, map_names::LB_CONNECTS)?,
+            )),
             ebpf,
             links,
             pin_dir: pin_dir.clone(),
@@ -201,6 +210,21 @@ impl Datapath for Kernel {
                 Ok((counter, per_cpu.iter().sum()))
             })
             .collect()
+    }
+
+    fn set_kernel_services(
+        &self,
+        services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    ) -> Result<(), DatapathError> {
+        self.lb.lock().unwrap().set(services)
+    }
+
+    fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {
+        let totals = self.lb.lock().unwrap().connects()?;
+        Ok(totals
+            .into_iter()
+            .map(|(key, stats)| ((key.vip.into(), key.to.into()), stats))
+            .collect())
     }
 }
 
@@ -314,7 +338,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// Key size, value size and capacity of each pinned map, as this build defines them.
-fn map_shapes() -> [(&'static str, (u32, u32, u32)); 9] {
+fn map_shapes() -> [(&'static str, (u32, u32, u32)); 13] {
     const fn size<T>() -> u32 {
         std::mem::size_of::<T>() as u32
     }
@@ -329,6 +353,10 @@ fn map_shapes() -> [(&'static str, (u32, u32, u32)); 9] {
         (map_names::NO_ACCEL, (size::<FourTuple>(), size::<u8>(), n::NO_ACCEL)),
         (map_names::LISTENERS, (size::<u32>(), size::<u32>(), n::LISTENERS)),
         (map_names::COUNTERS, (size::<u32>(), size::<u64>(), Counter::SLOTS)),
+        (map_names::LB_SERVICES, (size::<SockAddr>(), size::<LbService>(), n::LB_SERVICES)),
+        (map_names::LB_BACKENDS, (size::<BackendSlot>(), size::<SockAddr>(), n::LB_BACKENDS)),
+        (map_names::LB_CONNECTS, (size::<Rewrite>(), size::<ConnectStats>(), n::LB_CONNECTS)),
+        (map_names::REWRITES, (size::<u64>(), size::<Rewrite>(), n::REWRITES)),
     ]
 }
 

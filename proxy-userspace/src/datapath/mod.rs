@@ -5,15 +5,20 @@
 
 pub mod evict;
 pub mod kernel;
+mod lb_maps;
 mod mounts;
 pub mod netns;
 mod recorder;
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 pub use kernel::{Kernel, KernelOptions};
 pub use mounts::cgroup2_root;
-use proxy_common::Counter;
+use proxy_common::{Counter, lb::ConnectStats};
 pub use recorder::Recorder;
 
 /// What the kernel programs need from the agent, and the one lookup the proxy needs.
@@ -33,7 +38,21 @@ pub trait Datapath: Send + Sync + 'static {
     ) -> Result<Option<SocketAddr>, DatapathError>;
     /// The kernel's counters, summed over CPUs, in [`Counter::ALL`] order.
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError>;
+    /// Makes the VIPs in kernel mode exactly `services`' keys, each with its Ready
+    /// endpoints: the kernel sends a connect to such a VIP straight to one of them
+    /// (to the agent when there is none). Rewrites only what changed.
+    fn set_kernel_services(
+        &self,
+        services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    ) -> Result<(), DatapathError>;
+    /// What the kernel saw of the connects it sent straight to endpoints, per (VIP,
+    /// endpoint): totals that only grow, until the entry is dropped (the VIP leaves
+    /// kernel mode, or the map makes room).
+    fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError>;
 }
+
+/// One entry of [`Datapath::kernel_connects`]: (VIP, endpoint) and its counts.
+pub type KernelConnects = ((SocketAddr, SocketAddr), ConnectStats);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

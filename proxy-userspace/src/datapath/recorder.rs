@@ -1,14 +1,14 @@
 //! A datapath that records what it is told, for tests that run without a kernel.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::Mutex,
 };
 
 use proxy_common::Counter;
 
-use super::{Datapath, DatapathError};
+use super::{Datapath, DatapathError, KernelConnects};
 
 #[derive(Default)]
 pub struct Recorder {
@@ -17,6 +17,10 @@ pub struct Recorder {
     pub beats: Mutex<u64>,
     /// What `take_orig_dst` answers, keyed by client address.
     pub orig_dst: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    /// The VIPs in kernel mode and their endpoints, as last set.
+    pub kernel_services: Mutex<BTreeMap<SocketAddr, Vec<SocketAddr>>>,
+    /// What `kernel_connects` answers.
+    pub kernel_connects: Mutex<Vec<KernelConnects>>,
 }
 
 impl Datapath for Recorder {
@@ -45,5 +49,17 @@ impl Datapath for Recorder {
 
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
         Ok(Counter::ALL.iter().map(|c| (*c, 0)).collect())
+    }
+
+    fn set_kernel_services(
+        &self,
+        services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    ) -> Result<(), DatapathError> {
+        *self.kernel_services.lock().unwrap() = services.clone();
+        Ok(())
+    }
+
+    fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {
+        Ok(self.kernel_connects.lock().unwrap().clone())
     }
 }

@@ -1,0 +1,117 @@
+//! The kernel-mode task against a recording datapath, with paused time: tables follow
+//! the lifecycle and the mode, and connects the kernel saw fail eject an endpoint.
+
+use std::time::Duration;
+
+use proxy_common::lb::ConnectStats;
+
+use super::*;
+use crate::{
+    config::{Policy, policy::HealthPolicy},
+    datapath::Recorder,
+    discovery::{Condition, DesiredEndpoint, DesiredService, Fixed},
+    health::Manual,
+};
+
+const VIP: &str = "10.96.0.10:80";
+
+fn service(name: &str, vip: &str, mode: TcpMode, endpoints: &[u8]) -> DesiredService {
+    DesiredService {
+        name: name.into(),
+        vip: vip.parse().unwrap(),
+        protocol: Protocol::Tcp,
+        policy: Policy {
+            health: HealthPolicy { enabled: false, ..HealthPolicy::default() },
+            tcp_mode: mode,
+            ..Policy::default()
+        },
+        endpoints: endpoints
+            .iter()
+            .map(|n| DesiredEndpoint { addr: addr(*n), condition: Condition::Ready })
+            .collect(),
+    }
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 10, 0, n], 80))
+}
+
+struct Harness {
+    state: Arc<State>,
+    recorder: Arc<Recorder>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn start() -> Harness {
+    let state = Arc::new(State::with_checker(Arc::new(Manual)));
+    let recorder = Arc::new(Recorder::default());
+    let metrics = Metrics::new(recorder.clone(), state.clone());
+    let desired = Fixed(watch::Sender::new(Arc::new(Desired::default())));
+    let (stop, stopping) = watch::channel(false);
+    let task = tokio::spawn(run(
+        state.clone(),
+        recorder.clone(),
+        crate::discovery::Discovery::watch(&desired),
+        metrics,
+        stopping,
+    ));
+    Harness { state, recorder, stop, task }
+}
+
+impl Harness {
+    /// Waits (in paused time, up to 30 s) until the kernel's tables are `want`.
+    async fn tables_are(&self, want: &[(&str, &[u8])]) {
+        let want: BTreeMap<SocketAddr, Vec<SocketAddr>> = want
+            .iter()
+            .map(|(vip, endpoints)| {
+                (vip.parse().unwrap(), endpoints.iter().map(|n| addr(*n)).collect())
+            })
+            .collect();
+        for _ in 0..600 {
+            if *self.recorder.kernel_services.lock().unwrap() == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("tables {:?}, not {want:?}", self.recorder.kernel_services.lock().unwrap());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tables_hold_the_ready_endpoints_of_kernel_mode_services_only() {
+    let h = start();
+    let relayed = service("relayed", "10.96.0.11:80", TcpMode::Relay, &[5]);
+    h.state.apply(&[service("kernel", VIP, TcpMode::Kernel, &[1, 2]), relayed.clone()]);
+    h.tables_are(&[(VIP, &[1, 2])]).await;
+
+    // Removed: out of the table at once (its drain is the agent's, with nothing in flight).
+    h.state.apply(&[service("kernel", VIP, TcpMode::Kernel, &[1]), relayed.clone()]);
+    h.tables_are(&[(VIP, &[1])]).await;
+
+    // A reload into relay mode takes the VIP out of the kernel; back, it returns.
+    h.state.apply(&[service("kernel", VIP, TcpMode::Relay, &[1]), relayed.clone()]);
+    h.tables_are(&[]).await;
+    h.state.apply(&[service("kernel", VIP, TcpMode::Kernel, &[1, 3]), relayed]);
+    h.tables_are(&[(VIP, &[1, 3])]).await;
+
+    h.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), h.task).await.expect("stops").unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn connects_the_kernel_saw_fail_eject_the_endpoint_from_its_table() {
+    let h = start();
+    h.state.apply(&[service("kernel", VIP, TcpMode::Kernel, &[1, 2, 3])]);
+    h.tables_are(&[(VIP, &[1, 2, 3])]).await;
+
+    let failed = ConnectStats { picked: 3, established: 0, failed: 3 };
+    let fine = ConnectStats { picked: 9, established: 9, failed: 0 };
+    *h.recorder.kernel_connects.lock().unwrap() =
+        vec![((VIP.parse().unwrap(), addr(1)), failed), ((VIP.parse().unwrap(), addr(2)), fine)];
+    h.tables_are(&[(VIP, &[2, 3])]).await;
+    let service = h.state.lookup(&VIP.parse().unwrap()).unwrap();
+    assert_eq!(service.endpoints().get(&addr(1)).unwrap().lifecycle(), Lifecycle::Ejected);
+    // The ejection ends (15 s by default): back in the table.
+    h.tables_are(&[(VIP, &[1, 2, 3])]).await;
+}
