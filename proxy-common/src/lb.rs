@@ -28,6 +28,13 @@ pub struct LbService {
     pub reserved: u32,
 }
 
+impl LbService {
+    /// Slot `index` of the live table.
+    pub const fn slot(&self, vip: SockAddr, index: u32) -> BackendSlot {
+        BackendSlot { vip, table: (self.table & 1) as u16, index: index as u16 }
+    }
+}
+
 /// The key of `SK_LB_BACKENDS`: one slot of one of a service's two tables. The value
 /// is the endpoint's address.
 #[repr(C)]
@@ -81,7 +88,7 @@ pub fn take_slot(vip: SockAddr, service: &mut LbService) -> Option<BackendSlot> 
     }
     let index = service.next % service.count;
     service.next = service.next.wrapping_add(1);
-    Some(BackendSlot { vip, table: (service.table & 1) as u16, index: index as u16 })
+    Some(service.slot(vip, index))
 }
 
 /// Whether a connect to `vip` may go to `backend` instead: the same family (a

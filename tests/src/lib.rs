@@ -15,6 +15,7 @@ pub mod echo_node;
 pub mod grpc;
 pub mod grpc_node;
 pub mod kernel;
+pub mod kernel_lb;
 pub mod kube_api;
 mod kube_proxy;
 mod names;
@@ -25,6 +26,7 @@ pub mod probe;
 mod proc;
 pub mod rolling;
 mod sys;
+pub mod watch;
 
 pub use agent::{ADMIN, Agent, http_get};
 pub use echo_node::EchoNode;

@@ -54,7 +54,14 @@ impl LbMaps {
             self.remove(vip)?;
         }
         for (vip, endpoints) in &wanted {
-            if self.synced && self.written.get(vip) == Some(endpoints) {
+            let unchanged = if self.synced {
+                self.written.get(vip) == Some(endpoints)
+            } else {
+                // A table a previous agent left as it should be stays as it is.
+                self.read(vip)?.as_ref() == Some(endpoints)
+            };
+            if unchanged {
+                self.written.insert(*vip, endpoints.clone());
                 continue;
             }
             self.write(vip, endpoints)?;
@@ -68,14 +75,13 @@ impl LbMaps {
     fn write(&mut self, vip: &SockAddr, endpoints: &[SockAddr]) -> Result<(), DatapathError> {
         let old = self.live(vip)?;
         let table = old.map_or(0, |old| (old.table & 1) ^ 1);
-        for (index, endpoint) in endpoints.iter().enumerate() {
-            let slot = BackendSlot { vip: *vip, table: table as u16, index: index as u16 };
-            self.backends
-                .insert(slot, endpoint, 0)
-                .map_err(DatapathError::map(map_names::LB_BACKENDS))?;
-        }
         let service =
             LbService { count: endpoints.len() as u32, table, next: random_start(), reserved: 0 };
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            self.backends
+                .insert(service.slot(*vip, index as u32), endpoint, 0)
+                .map_err(DatapathError::map(map_names::LB_BACKENDS))?;
+        }
         self.services
             .insert(vip, service, 0)
             .map_err(DatapathError::map(map_names::LB_SERVICES))?;
@@ -113,12 +119,24 @@ impl LbMaps {
         }
     }
 
+    /// The endpoints of the VIP's live table, if it has one and it is whole.
+    fn read(&self, vip: &SockAddr) -> Result<Option<Vec<SockAddr>>, DatapathError> {
+        let Some(live) = self.live(vip)? else { return Ok(None) };
+        let mut endpoints = Vec::with_capacity(live.count as usize);
+        for index in 0..live.count.min(MAX_BACKENDS as u32) {
+            match self.backends.get(&live.slot(*vip, index), 0) {
+                Ok(endpoint) => endpoints.push(endpoint),
+                Err(MapError::KeyNotFound) => return Ok(None),
+                Err(err) => return Err(DatapathError::map(map_names::LB_BACKENDS)(err)),
+            }
+        }
+        Ok(Some(endpoints))
+    }
+
     /// Removes the slots of a table no connect reads any more.
     fn clear(&mut self, vip: &SockAddr, old: &LbService) -> Result<(), DatapathError> {
         for index in 0..old.count.min(MAX_BACKENDS as u32) {
-            let slot =
-                BackendSlot { vip: *vip, table: (old.table & 1) as u16, index: index as u16 };
-            ignore_missing(self.backends.remove(&slot))
+            ignore_missing(self.backends.remove(&old.slot(*vip, index)))
                 .map_err(DatapathError::map(map_names::LB_BACKENDS))?;
         }
         Ok(())
