@@ -48,10 +48,13 @@ pub enum Counter {
     /// getpeername showed an app the VIP it dialled instead of the address the kernel
     /// sent its connect to.
     PeerRestored,
+    /// Kernel mode: a failed connect could not be told to the agent at once (its ring
+    /// buffer was full); it is still counted per endpoint.
+    LbFailureUnreported,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -71,6 +74,7 @@ impl Counter {
         Counter::LbSlotMissing,
         Counter::RewriteNotRecorded,
         Counter::PeerRestored,
+        Counter::LbFailureUnreported,
     ];
     /// Size of the counters array; leaves room for counters added later.
     pub const SLOTS: u32 = 32;
@@ -97,6 +101,7 @@ impl Counter {
             Counter::LbSlotMissing => "lb_slot_missing",
             Counter::RewriteNotRecorded => "rewrite_not_recorded",
             Counter::PeerRestored => "peer_restored",
+            Counter::LbFailureUnreported => "lb_failure_unreported",
         }
     }
 }

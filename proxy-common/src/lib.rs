@@ -54,6 +54,10 @@ pub mod map_names {
     /// [`Rewrite`](crate::lb::Rewrite) (VIP, endpoint) →
     /// [`ConnectStats`](crate::lb::ConnectStats).
     pub const LB_CONNECTS: &str = "SK_LB_CONNECTS";
+    /// Connects sent straight to an endpoint that failed, told to the agent as they
+    /// happen (a ring buffer of [`Rewrite`](crate::lb::Rewrite)s; not pinned, each
+    /// agent has its own).
+    pub const LB_FAILURES: &str = "SK_LB_FAILURES";
     /// Connects rewritten (to an endpoint or to the agent), for getpeername: `u64`
     /// socket cookie → [`Rewrite`](crate::lb::Rewrite). Removed when the socket closes.
     pub const REWRITES: &str = "SK_REWRITES";
@@ -74,6 +78,8 @@ pub mod map_sizes {
     /// Two tables per service: 32,768 endpoints in kernel mode on one node.
     pub const LB_BACKENDS: u32 = 65536;
     pub const LB_CONNECTS: u32 = 16384;
+    /// Bytes of the failed-connect ring buffer: 341 failures not yet read.
+    pub const LB_FAILURES: u32 = 16384;
     /// One entry per open steered or rewritten connection (LRU beyond).
     pub const REWRITES: u32 = 131072;
 }

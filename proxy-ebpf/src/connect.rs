@@ -68,7 +68,7 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<(SockAddr, Counter)
         Pick::Endpoint(endpoint) => {
             let rewrite = Rewrite { vip: dst, to: endpoint };
             remember(cookie, &rewrite);
-            count_connect(&rewrite, ConnectEvent::Picked);
+            let _ = count_connect(&rewrite, ConnectEvent::Picked);
             debug!(ctx, "kernel mode cookie={} netns={} port={}", cookie, netns, endpoint.port);
             return Ok((endpoint, Counter::LbPicked));
         }

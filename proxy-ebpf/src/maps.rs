@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_map_lookup_elem, bpf_sk_release},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, SockHash, SockMap},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockHash, SockMap},
 };
 use proxy_common::{
     AgentState, Counter, FourTuple, SockAddr,
@@ -54,6 +54,10 @@ pub static LB_BACKENDS: HashMap<BackendSlot, SockAddr> = HashMap::pinned(map_siz
 pub static LB_CONNECTS: LruPerCpuHashMap<Rewrite, ConnectStats> =
     LruPerCpuHashMap::pinned(map_sizes::LB_CONNECTS, 0);
 
+/// Not pinned: each agent reads its own, from its programs.
+#[map(name = "SK_LB_FAILURES")]
+pub static LB_FAILURES: RingBuf = RingBuf::with_byte_size(map_sizes::LB_FAILURES, 0);
+
 #[map(name = "SK_REWRITES")]
 pub static REWRITES: LruHashMap<u64, Rewrite> = LruHashMap::pinned(map_sizes::REWRITES, 0);
 
@@ -90,9 +94,9 @@ pub enum ConnectEvent {
 
 /// Counts one event of a connect the kernel sent to an endpoint, on this CPU. The
 /// entry is made when the connect is picked; later events only count where it exists
-/// (never for connects steered to the agent).
+/// (never for connects steered to the agent). Returns whether it counted.
 #[inline(always)]
-pub fn count_connect(rewrite: &Rewrite, event: ConnectEvent) {
+pub fn count_connect(rewrite: &Rewrite, event: ConnectEvent) -> bool {
     let bump = |stats: &mut ConnectStats| match event {
         ConnectEvent::Picked => stats.picked += 1,
         ConnectEvent::Established => stats.established += 1,
@@ -101,19 +105,19 @@ pub fn count_connect(rewrite: &Rewrite, event: ConnectEvent) {
     if let Some(stats) = LB_CONNECTS.get_ptr_mut(rewrite) {
         // SAFETY: per-CPU value, and programs do not migrate CPUs while running.
         bump(unsafe { &mut *stats });
-        return;
+        return true;
     }
     if !matches!(event, ConnectEvent::Picked) {
-        return;
+        return false;
     }
     let mut first = ConnectStats::default();
     bump(&mut first);
     if LB_CONNECTS.insert(rewrite, &first, u64::from(BPF_NOEXIST)).is_ok() {
-        return;
+        return true;
     }
     // Another CPU made the entry meanwhile.
-    if let Some(stats) = LB_CONNECTS.get_ptr_mut(rewrite) {
-        // SAFETY: as above.
-        bump(unsafe { &mut *stats });
-    }
+    let Some(stats) = LB_CONNECTS.get_ptr_mut(rewrite) else { return false };
+    // SAFETY: as above.
+    bump(unsafe { &mut *stats });
+    true
 }

@@ -14,11 +14,11 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use proxy_common::{Counter, FourTuple, SockAddr, addr::AF_INET, addr::port};
+use proxy_common::{Counter, FourTuple, SockAddr, addr::AF_INET, addr::port, lb::Rewrite};
 
 use crate::maps::{
-    AGENT, ConnectEvent, NO_ACCEL, ORIG_BY_COOKIE, ORIG_BY_TUPLE, REWRITES, SOCKS, count,
-    count_connect,
+    AGENT, ConnectEvent, LB_FAILURES, NO_ACCEL, ORIG_BY_COOKIE, ORIG_BY_TUPLE, REWRITES, SOCKS,
+    count, count_connect,
 };
 
 #[sock_ops]
@@ -45,7 +45,7 @@ pub fn sk_sockops(ctx: SockOpsContext) -> u32 {
             Ok(false) => {
                 // SAFETY: map values are plain data.
                 if let Some(rewrite) = unsafe { REWRITES.get(&cookie(&ctx)) } {
-                    count_connect(rewrite, ConnectEvent::Established);
+                    let _ = count_connect(rewrite, ConnectEvent::Established);
                 }
             }
             Err(why) => count(why),
@@ -66,16 +66,19 @@ pub fn sk_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Forgets a closed socket's rewritten connect; one that closes before it was ever
-/// established (`never_connected`: refused, reset, given up) counts as failed.
+/// Forgets a closed socket's rewritten connect. One sent straight to an endpoint that
+/// closes before it was ever established (`never_connected`: refused, reset, given up)
+/// counts as failed, and the agent hears of it at once, for outlier detection.
 #[inline(always)]
 fn forget_rewrite(ctx: &SockOpsContext, never_connected: bool) {
     let cookie = cookie(ctx);
-    if never_connected {
+    if never_connected
         // SAFETY: map values are plain data.
-        if let Some(rewrite) = unsafe { REWRITES.get(&cookie) } {
-            count_connect(rewrite, ConnectEvent::Failed);
-        }
+        && let Some(rewrite) = unsafe { REWRITES.get(&cookie) }
+        && count_connect(rewrite, ConnectEvent::Failed)
+        && LB_FAILURES.output::<Rewrite>(rewrite, 0).is_err()
+    {
+        count(Counter::LbFailureUnreported);
     }
     let _ = REWRITES.remove(&cookie);
 }

@@ -176,7 +176,7 @@ fn an_upgrade_in_place_keeps_every_connect_in_kernel_mode() {
     assert_eq!(report.failed, 0, "{report:?}");
     let counters = kernel::counters(pin_dir).unwrap();
     println!("{} connects across the upgrade; kernel counters {counters:?}", report.ok);
-    assert_eq!(counters["lb_picked"], report.ok as u64, "{counters:?}");
+    assert!(counters["lb_picked"] >= report.ok as u64, "{counters:?}");
     for why in ["steered", "skip_agent_dead", "skip_agent_stale", "lb_slot_missing"] {
         assert_eq!(counters[why], 0, "{why}: {counters:?}");
     }

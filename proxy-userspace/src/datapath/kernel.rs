@@ -28,7 +28,11 @@ use proxy_common::{
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use super::{Datapath, DatapathError, KernelConnects, lb_maps::LbMaps, mounts::require_bpffs};
+use super::{
+    Datapath, DatapathError, KernelConnects, KernelFailure,
+    lb_maps::{LbMaps, failure_pump},
+    mounts::require_bpffs,
+};
 use crate::sys;
 
 /// The object built from `proxy-ebpf` by this crate's build script.
@@ -63,6 +67,7 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, u64>,
     listeners: Mutex<SockMap<MapData>>,
     lb: Mutex<LbMaps>,
+    failures: Mutex<Option<tokio::sync::mpsc::Receiver<KernelFailure>>>,
 }
 
 impl Kernel {
@@ -118,6 +123,7 @@ impl Kernel {
                 take_map(&mut ebpf, map_names::LB_BACKENDS)?,
                 take_map(&mut ebpf, map_names::LB_CONNECTS)?,
             )),
+            failures: Mutex::new(failure_pump(&mut ebpf)),
             ebpf,
             links,
             pin_dir: pin_dir.clone(),
@@ -217,6 +223,10 @@ impl Datapath for Kernel {
         services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
     ) -> Result<(), DatapathError> {
         self.lb.lock().unwrap().set(services)
+    }
+
+    fn take_kernel_failures(&self) -> Option<tokio::sync::mpsc::Receiver<KernelFailure>> {
+        self.failures.lock().unwrap().take()
     }
 
     fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {

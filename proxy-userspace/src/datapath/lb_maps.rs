@@ -7,15 +7,24 @@ use std::{
     net::SocketAddr,
 };
 
-use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, MapError, PerCpuHashMap, RingBuf},
+};
 use proxy_common::{
     SockAddr,
     lb::{BackendSlot, ConnectStats, LbService, MAX_BACKENDS, Rewrite},
     map_names,
 };
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, warn};
 
-use super::DatapathError;
+use super::{DatapathError, KernelFailure};
+use crate::sys;
+
+/// Failed connects read from the kernel and not yet taken by the agent; more are
+/// dropped (they are counted per endpoint all the same).
+const FAILURE_QUEUE: usize = 1024;
 
 pub struct LbMaps {
     services: HashMap<MapData, SockAddr, LbService>,
@@ -155,6 +164,51 @@ impl LbMaps {
     }
 }
 
+/// Reads the kernel's failed connects as they happen and hands them on. `None` (with a
+/// warning) when the ring buffer cannot be read: outlier detection then hears only of
+/// failures the agent's own connects see.
+pub fn failure_pump(ebpf: &mut Ebpf) -> Option<mpsc::Receiver<KernelFailure>> {
+    let ring = ebpf.take_map(map_names::LB_FAILURES).ok_or_else(|| "map missing".to_string());
+    let ring = ring.and_then(|ring| RingBuf::try_from(ring).map_err(|err| err.to_string()));
+    let ring = match ring.and_then(|ring| sys::readable_fd(ring).map_err(|err| err.to_string())) {
+        Ok(ring) => ring,
+        Err(err) => {
+            warn!("kernel-mode connect failures are not read as they happen: {err}");
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::channel(FAILURE_QUEUE);
+    tokio::spawn(pump_failures(ring, tx));
+    Some(rx)
+}
+
+async fn pump_failures(mut ring: AsyncFd<RingBuf<MapData>>, tx: mpsc::Sender<KernelFailure>) {
+    while let Ok(mut guard) = ring.readable_mut().await {
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            let Some(rewrite) = decode(&item) else { continue };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tx.try_send((rewrite.vip.into(), rewrite.to.into()));
+        }
+        guard.clear_ready();
+    }
+}
+
+/// A ring buffer record: one `Rewrite`, two `SockAddr`s in the kernel's byte order.
+fn decode(bytes: &[u8]) -> Option<Rewrite> {
+    let addr = |b: &[u8]| {
+        let word = |at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        SockAddr {
+            ip: [word(0), word(4), word(8), word(12)],
+            port: u16::from_ne_bytes([b[16], b[17]]),
+            family: u16::from_ne_bytes([b[18], b[19]]),
+        }
+    };
+    (bytes.len() == 40).then(|| Rewrite { vip: addr(&bytes[..20]), to: addr(&bytes[20..]) })
+}
+
 /// A VIP's endpoints as a table: its own family only (a connect cannot change family),
 /// each once, in address order, at most [`MAX_BACKENDS`].
 fn table(vip: &SocketAddr, endpoints: &[SocketAddr]) -> Vec<SockAddr> {
@@ -200,5 +254,21 @@ mod tests {
             .collect();
         assert_eq!(table(&vip, &endpoints), want);
         assert!(table(&"[fd96::1]:80".parse().unwrap(), &endpoints[..1]).is_empty());
+    }
+
+    #[test]
+    fn a_failure_record_decodes_as_the_kernel_wrote_it() {
+        let rewrite = Rewrite {
+            vip: SockAddr::from("[fd96::10]:7000".parse::<SocketAddr>().unwrap()),
+            to: SockAddr::from("10.10.0.3:7000".parse::<SocketAddr>().unwrap()),
+        };
+        let mut bytes = Vec::new();
+        for addr in [rewrite.vip, rewrite.to] {
+            addr.ip.iter().for_each(|w| bytes.extend_from_slice(&w.to_ne_bytes()));
+            bytes.extend_from_slice(&addr.port.to_ne_bytes());
+            bytes.extend_from_slice(&addr.family.to_ne_bytes());
+        }
+        assert_eq!(decode(&bytes), Some(rewrite));
+        assert_eq!(decode(&bytes[..39]), None);
     }
 }

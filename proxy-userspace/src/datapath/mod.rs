@@ -20,6 +20,7 @@ pub use kernel::{Kernel, KernelOptions};
 pub use mounts::cgroup2_root;
 use proxy_common::{Counter, lb::ConnectStats};
 pub use recorder::Recorder;
+use tokio::sync::mpsc;
 
 /// What the kernel programs need from the agent, and the one lookup the proxy needs.
 pub trait Datapath: Send + Sync + 'static {
@@ -49,7 +50,13 @@ pub trait Datapath: Send + Sync + 'static {
     /// endpoint): totals that only grow, until the entry is dropped (the VIP leaves
     /// kernel mode, or the map makes room).
     fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError>;
+    /// Connects the kernel sent straight to an endpoint that failed, as they happen.
+    /// Taken once: `None` after that, or where the kernel cannot tell.
+    fn take_kernel_failures(&self) -> Option<mpsc::Receiver<KernelFailure>>;
 }
+
+/// A connect the kernel sent straight to an endpoint that failed: (VIP, endpoint).
+pub type KernelFailure = (SocketAddr, SocketAddr);
 
 /// One entry of [`Datapath::kernel_connects`]: (VIP, endpoint) and its counts.
 pub type KernelConnects = ((SocketAddr, SocketAddr), ConnectStats);

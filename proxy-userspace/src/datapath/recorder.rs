@@ -7,8 +7,9 @@ use std::{
 };
 
 use proxy_common::Counter;
+use tokio::sync::mpsc;
 
-use super::{Datapath, DatapathError, KernelConnects};
+use super::{Datapath, DatapathError, KernelConnects, KernelFailure};
 
 #[derive(Default)]
 pub struct Recorder {
@@ -21,6 +22,8 @@ pub struct Recorder {
     pub kernel_services: Mutex<BTreeMap<SocketAddr, Vec<SocketAddr>>>,
     /// What `kernel_connects` answers.
     pub kernel_connects: Mutex<Vec<KernelConnects>>,
+    /// What `take_kernel_failures` hands over.
+    pub kernel_failures: Mutex<Option<mpsc::Receiver<KernelFailure>>>,
 }
 
 impl Datapath for Recorder {
@@ -61,5 +64,9 @@ impl Datapath for Recorder {
 
     fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {
         Ok(self.kernel_connects.lock().unwrap().clone())
+    }
+
+    fn take_kernel_failures(&self) -> Option<mpsc::Receiver<KernelFailure>> {
+        self.kernel_failures.lock().unwrap().take()
     }
 }

@@ -12,18 +12,18 @@ mod tally;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::{
     config::{Protocol, TcpMode},
-    datapath::Datapath,
+    datapath::{Datapath, KernelFailure},
     discovery::Desired,
     eviction,
     metrics::Metrics,
     state::{Lifecycle, LocalOriginFailure, Outcome, Service, State, Transition},
 };
-use tally::{News, Tally};
+use tally::Tally;
 
 /// How often the kernel's connect counts are read, and the tables checked against the
 /// state even without a transition (a reload that switched a service's mode).
@@ -59,6 +59,7 @@ pub async fn run(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut transitions = state.subscribe();
+    let mut failures = datapath.take_kernel_failures();
     let mut sync = Sync::default();
     let mut tally = Tally::default();
     let mut poll = tokio::time::interval(POLL);
@@ -82,8 +83,13 @@ pub async fn run(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
+            Some((vip, endpoint)) = next_failure(&mut failures) => {
+                report(&state, vip, endpoint, Outcome::LocalOrigin(LocalOriginFailure::ConnectRefused));
+            }
             _ = poll.tick() => match datapath.kernel_connects() {
-                Ok(totals) => tally.update(totals).iter().for_each(|news| report(&state, news)),
+                Ok(totals) => tally.update(totals).iter().for_each(|news| {
+                    report(&state, news.vip, news.endpoint, Outcome::Response { status: 200, latency: Duration::ZERO });
+                }),
                 Err(err) => debug!("kernel connect counts unreadable: {err}"),
             },
         }
@@ -132,21 +138,24 @@ fn evict_if_dead(
     tokio::spawn(async move { eviction::evict(netns, &service, addr, &metrics).await });
 }
 
-/// Feeds what the kernel saw to the endpoint's outlier detection. The kernel cannot
-/// tell a refused connect from one that timed out; both are local-origin failures. The
-/// order within one look is lost: failures count first, and an established connection
-/// after them ends the run of consecutive failures.
-fn report(state: &State, news: &News) {
-    let Some(service) = state.lookup(&news.vip).filter(|s| in_kernel_mode(s)) else { return };
-    let Some(endpoint) = service.endpoints().get(&news.endpoint).cloned() else { return };
-    let refused = Outcome::LocalOrigin(LocalOriginFailure::ConnectRefused);
-    // More than a threshold's worth in one look says no more.
-    for _ in 0..news.failed.min(64) {
-        service.report(&endpoint, refused);
+/// The next failed connect the kernel tells of; never, without a way to hear of them.
+async fn next_failure(
+    failures: &mut Option<mpsc::Receiver<KernelFailure>>,
+) -> Option<KernelFailure> {
+    match failures {
+        Some(failures) => failures.recv().await,
+        None => std::future::pending().await,
     }
-    if news.established > 0 {
-        service.report(&endpoint, Outcome::Response { status: 200, latency: Duration::ZERO });
-    }
+}
+
+/// Feeds what the kernel saw of a connect to the endpoint's outlier detection. A failed
+/// connect (the kernel cannot tell refused from timed out: both are local-origin
+/// failures) is told as it happens; connections established are told once per look
+/// (as one success: it ends a run of consecutive failures).
+fn report(state: &State, vip: SocketAddr, endpoint: SocketAddr, outcome: Outcome) {
+    let Some(service) = state.lookup(&vip).filter(|s| in_kernel_mode(s)) else { return };
+    let Some(endpoint) = service.endpoints().get(&endpoint).cloned() else { return };
+    service.report(&endpoint, outcome);
 }
 
 #[cfg(test)]

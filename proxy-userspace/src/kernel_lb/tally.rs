@@ -1,25 +1,23 @@
-//! The kernel's connect counts turned into news: what happened to the connects it sent
-//! straight to each endpoint since the last look. Pure.
+//! The kernel's connect counts turned into news: how many of the connects it sent
+//! straight to each endpoint were established since the last look. (Failures reach the
+//! agent one by one, as they happen.) Pure.
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use proxy_common::lb::ConnectStats;
-
 use crate::datapath::KernelConnects;
 
-/// Connects to one endpoint of one service, new since the last look.
+/// Connections to one endpoint of one service established since the last look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct News {
     pub vip: SocketAddr,
     pub endpoint: SocketAddr,
     pub established: u64,
-    pub failed: u64,
 }
 
-/// The totals of the last look.
+/// The established totals of the last look.
 #[derive(Debug, Default)]
 pub struct Tally {
-    seen: HashMap<(SocketAddr, SocketAddr), ConnectStats>,
+    seen: HashMap<(SocketAddr, SocketAddr), u64>,
 }
 
 impl Tally {
@@ -28,13 +26,12 @@ impl Tally {
     pub fn update(&mut self, totals: Vec<KernelConnects>) -> Vec<News> {
         let mut news = Vec::new();
         let mut seen = HashMap::with_capacity(totals.len());
-        for ((vip, endpoint), now) in totals {
+        for ((vip, endpoint), stats) in totals {
+            let now = stats.established;
             let before = self.seen.get(&(vip, endpoint)).copied().unwrap_or_default();
-            let since = |now: u64, before: u64| if now >= before { now - before } else { now };
-            let (established, failed) =
-                (since(now.established, before.established), since(now.failed, before.failed));
-            if established > 0 || failed > 0 {
-                news.push(News { vip, endpoint, established, failed });
+            let established = now.checked_sub(before).unwrap_or(now);
+            if established > 0 {
+                news.push(News { vip, endpoint, established });
             }
             seen.insert((vip, endpoint), now);
         }
@@ -45,6 +42,8 @@ impl Tally {
 
 #[cfg(test)]
 mod tests {
+    use proxy_common::lb::ConnectStats;
+
     use super::*;
 
     fn entry(endpoint: &str, established: u64, failed: u64) -> KernelConnects {
@@ -54,29 +53,25 @@ mod tests {
     }
 
     #[test]
-    fn only_what_is_new_since_the_last_look_is_news() {
+    fn only_connections_established_since_the_last_look_are_news() {
         let mut tally = Tally::default();
-        let first = tally.update(vec![entry("10.10.0.3:80", 5, 0), entry("10.10.0.4:80", 0, 0)]);
-        assert_eq!(first.len(), 1);
-        assert_eq!((first[0].established, first[0].failed), (5, 0));
-        assert!(tally.update(vec![entry("10.10.0.3:80", 5, 0)]).is_empty(), "nothing new");
+        let first = tally.update(vec![entry("10.10.0.3:80", 5, 0), entry("10.10.0.4:80", 0, 7)]);
+        assert_eq!(first.len(), 1, "failures are not news here: {first:?}");
+        assert_eq!(first[0].established, 5);
+        assert!(tally.update(vec![entry("10.10.0.3:80", 5, 2)]).is_empty(), "nothing new");
         let later = tally.update(vec![entry("10.10.0.3:80", 6, 3)]);
-        assert_eq!(
-            (later[0].endpoint.to_string().as_str(), later[0].established, later[0].failed),
-            ("10.10.0.3:80", 1, 3)
-        );
+        assert_eq!((later[0].endpoint, later[0].established), ("10.10.0.3:80".parse().unwrap(), 1));
     }
 
     #[test]
     fn a_dropped_entry_made_again_counts_from_zero() {
         let mut tally = Tally::default();
-        tally.update(vec![entry("10.10.0.3:80", 50, 2)]);
+        tally.update(vec![entry("10.10.0.3:80", 50, 0)]);
         tally.update(vec![]);
-        let again = tally.update(vec![entry("10.10.0.3:80", 1, 1)]);
-        assert_eq!((again[0].established, again[0].failed), (1, 1), "forgotten when dropped");
-        let lower = tally.update(vec![entry("10.10.0.3:80", 0, 1)]);
+        let again = tally.update(vec![entry("10.10.0.3:80", 1, 0)]);
+        assert_eq!(again[0].established, 1, "forgotten when dropped");
+        let lower = tally.update(vec![entry("10.10.0.3:80", 0, 0)]);
         assert!(lower.is_empty(), "{lower:?}");
-        let remade = tally.update(vec![entry("10.10.0.3:80", 2, 0)]);
-        assert_eq!((remade[0].established, remade[0].failed), (2, 0));
+        assert_eq!(tally.update(vec![entry("10.10.0.3:80", 2, 0)])[0].established, 2);
     }
 }

@@ -8,6 +8,7 @@ use proxy_common::lb::ConnectStats;
 use super::*;
 use crate::{
     config::{Policy, policy::HealthPolicy},
+    datapath::KernelFailure,
     datapath::Recorder,
     discovery::{Condition, DesiredEndpoint, DesiredService, Fixed},
     health::Manual,
@@ -39,6 +40,8 @@ fn addr(n: u8) -> SocketAddr {
 struct Harness {
     state: Arc<State>,
     recorder: Arc<Recorder>,
+    /// Failed connects, as the kernel tells them.
+    failures: mpsc::Sender<KernelFailure>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -46,6 +49,8 @@ struct Harness {
 fn start() -> Harness {
     let state = Arc::new(State::with_checker(Arc::new(Manual)));
     let recorder = Arc::new(Recorder::default());
+    let (failures, told) = mpsc::channel(16);
+    *recorder.kernel_failures.lock().unwrap() = Some(told);
     let metrics = Metrics::new(recorder.clone(), state.clone());
     let desired = Fixed(watch::Sender::new(Arc::new(Desired::default())));
     let (stop, stopping) = watch::channel(false);
@@ -56,7 +61,7 @@ fn start() -> Harness {
         metrics,
         stopping,
     ));
-    Harness { state, recorder, stop, task }
+    Harness { state, recorder, failures, stop, task }
 }
 
 impl Harness {
@@ -104,14 +109,28 @@ async fn connects_the_kernel_saw_fail_eject_the_endpoint_from_its_table() {
     let h = start();
     h.state.apply(&[service("kernel", VIP, TcpMode::Kernel, &[1, 2, 3])]);
     h.tables_are(&[(VIP, &[1, 2, 3])]).await;
+    let vip: SocketAddr = VIP.parse().unwrap();
 
-    let failed = ConnectStats { picked: 3, established: 0, failed: 3 };
-    let fine = ConnectStats { picked: 9, established: 9, failed: 0 };
-    *h.recorder.kernel_connects.lock().unwrap() =
-        vec![((VIP.parse().unwrap(), addr(1)), failed), ((VIP.parse().unwrap(), addr(2)), fine)];
+    // Two failures, then connections established: the run of failures ends.
+    for _ in 0..2 {
+        h.failures.send((vip, addr(1))).await.unwrap();
+    }
+    tokio::time::sleep(POLL).await;
+    let fine = ConnectStats { picked: 9, established: 9, failed: 2 };
+    *h.recorder.kernel_connects.lock().unwrap() = vec![((vip, addr(1)), fine)];
+    tokio::time::sleep(POLL * 2).await;
+    h.failures.send((vip, addr(1))).await.unwrap();
+    tokio::time::sleep(POLL).await;
+    let service = h.state.lookup(&vip).unwrap();
+    assert_eq!(service.endpoints().get(&addr(1)).unwrap().lifecycle(), Lifecycle::Ready);
+
+    // Three in a row (the default threshold) eject it, for 15 s (the default).
+    for _ in 0..2 {
+        h.failures.send((vip, addr(1))).await.unwrap();
+    }
     h.tables_are(&[(VIP, &[2, 3])]).await;
-    let service = h.state.lookup(&VIP.parse().unwrap()).unwrap();
     assert_eq!(service.endpoints().get(&addr(1)).unwrap().lifecycle(), Lifecycle::Ejected);
-    // The ejection ends (15 s by default): back in the table.
+    let ejected = tokio::time::Instant::now();
     h.tables_are(&[(VIP, &[1, 2, 3])]).await;
+    assert!(ejected.elapsed() >= Duration::from_millis(14_900), "{:?}", ejected.elapsed());
 }
