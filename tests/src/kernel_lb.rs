@@ -3,6 +3,7 @@
 
 use std::{
     net::SocketAddr,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -27,19 +28,30 @@ pub fn wait_table(
     backends: &[&str],
     timeout: Duration,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut want: Vec<SocketAddr> = backends
+    let endpoints: Vec<SocketAddr> = backends
         .iter()
         .map(|b| {
             let pod = node.sandbox.pod(b);
             if spec.vip.is_ipv4() { pod.addr(ECHO_PORT) } else { pod.addr6(ECHO_PORT) }
         })
         .collect();
+    wait_table_holds(node.sandbox.pin_dir(), spec.vip, &endpoints, timeout)
+}
+
+/// Waits until the kernel's table for `vip` holds exactly `endpoints`; returns how long
+/// that took.
+pub fn wait_table_holds(
+    pin_dir: &Path,
+    vip: SocketAddr,
+    endpoints: &[SocketAddr],
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut want = endpoints.to_vec();
     want.sort();
-    let pin_dir = node.sandbox.pin_dir();
-    crate::wait_for(&format!("the kernel's table to hold {backends:?}"), timeout, || {
+    crate::wait_for(&format!("the kernel's table for {vip} to hold {want:?}"), timeout, || {
         let tables = kernel::lb_tables(pin_dir).ok()?;
-        (tables.get(&spec.vip) == Some(&want)).then_some(())
+        (tables.get(&vip) == Some(&want)).then_some(())
     })?;
     Ok(started.elapsed())
 }

@@ -34,7 +34,7 @@ pub use grpc_node::GrpcNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
-pub use sys::{catch_interrupt, interrupted, monotonic_ns, raise_nofile_limit};
+pub use sys::{catch_interrupt, deepen_backlog, interrupted, monotonic_ns, raise_nofile_limit};
 
 use std::time::{Duration, Instant};
 

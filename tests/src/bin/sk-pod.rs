@@ -31,8 +31,8 @@
 //!       Over N connections, sends S bytes and waits for them to come back, again and
 //!       again for D ms; prints {"round_trips","rate","p50_us","p99_us"}.
 //!   sk-pod tcp-connect --to ADDR --count N
-//!       Connects and closes N times in a row; prints {"count","failed","p50_us","p99_us"}
-//!       of the time connect() took.
+//!       Connects and closes N times in a row; prints {"count","failed","p50_us","p99_us",
+//!       "per_second"}: the time connect() took, and connects (with closes) per second.
 //!   sk-pod tcp-idle --to ADDR --count N --hold-ms H
 //!       Opens N connections that never send, holds them H ms, then prints
 //!       {"opened","still_open"}: how many the far side had not closed.
@@ -233,6 +233,7 @@ fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, Stri
 
 fn mirror(port: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    sandbox::deepen_backlog(&listener, 4096)?;
     println!("mirror listening on {}", listener.local_addr()?);
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -374,6 +375,7 @@ fn read_exact_retrying(conn: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Res
 fn connects(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
     let mut failed = 0;
+    let started = std::time::Instant::now();
     for _ in 0..count {
         let at = std::time::Instant::now();
         match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
@@ -387,6 +389,7 @@ fn connects(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "count": count, "failed": failed,
         "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+        "per_second": count as f64 / started.elapsed().as_secs_f64(),
     });
     println!("{report}");
     Ok(())
