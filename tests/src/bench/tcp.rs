@@ -127,11 +127,13 @@ fn measure(
     idle: f64,
     options: &Options,
 ) -> anyhow::Result<PathResult> {
-    let before = Usage::of(agent.proc().pid())?.cpu_seconds;
+    let pid = agent.proc().pid();
+    let (before, started) = (Usage::of(pid)?.cpu_seconds, std::time::Instant::now());
     let count = options.connects.to_string();
     let connects =
         report(pod, &["tcp-connect", "--to", to, "--count", &count], Duration::from_secs(120))?;
-    let cpu = Usage::of(agent.proc().pid())?.cpu_seconds - before;
+    let busy = Usage::of(pid)?.cpu_seconds - before;
+    let cpu = (busy - idle * started.elapsed().as_secs_f64()).max(0.0);
     let traffic = accel::traffic(
         pod,
         to,
