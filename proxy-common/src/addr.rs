@@ -87,6 +87,16 @@ pub struct FourTuple {
     pub dst: SockAddr,
 }
 
+/// Where a steered connection was going, and the network namespace it came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OrigDst {
+    pub dst: SockAddr,
+    pub reserved: u32,
+    /// The connecting socket's network namespace cookie.
+    pub netns: u64,
+}
+
 /// Port conversions for the kernel's context structs (little-endian BPF only).
 pub mod port {
     /// `bpf_sock_addr.user_port`: a network-order port in the low 16 bits.

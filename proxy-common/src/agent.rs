@@ -27,9 +27,16 @@ impl AgentState {
     /// sockops puts Pod↔agent sockets in the socket map, where sk_msg moves their
     /// bytes socket to socket.
     pub const ACCEL: u32 = 1;
+    /// The agent cannot take more connections (its cap, or out of descriptors): new
+    /// connects take kube-proxy's path until it clears this.
+    pub const FULL: u32 = 2;
 
     pub const fn accel(&self) -> bool {
         self.flags & Self::ACCEL != 0
+    }
+
+    pub const fn full(&self) -> bool {
+        self.flags & Self::FULL != 0
     }
 
     /// Whether `addr` is one of the agent's listeners.

@@ -34,6 +34,11 @@ pub enum Counter {
     /// Not steered: the agent's listener is open but its heartbeat is stale, so it
     /// hangs (fail open).
     SkipAgentStale,
+    /// Not steered: the agent is at its connection cap or out of descriptors
+    /// (overload fails open).
+    SkipAgentFull,
+    /// Not steered: the socket's Pod (network namespace) is at its connection cap.
+    SkipPodFull,
     /// Kernel mode: a connect to a VIP went straight to one of its Ready endpoints.
     LbPicked,
     /// Kernel mode, but the kernel's table holds no Ready endpoint: steered to the
@@ -54,7 +59,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 22] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -69,6 +74,8 @@ impl Counter {
         Counter::AccelRedirected,
         Counter::AccelFallback,
         Counter::SkipAgentStale,
+        Counter::SkipAgentFull,
+        Counter::SkipPodFull,
         Counter::LbPicked,
         Counter::LbNoBackend,
         Counter::LbSlotMissing,
@@ -96,6 +103,8 @@ impl Counter {
             Counter::AccelRedirected => "accel_redirected",
             Counter::AccelFallback => "accel_fallback",
             Counter::SkipAgentStale => "skip_agent_stale",
+            Counter::SkipAgentFull => "skip_agent_full",
+            Counter::SkipPodFull => "skip_pod_full",
             Counter::LbPicked => "lb_picked",
             Counter::LbNoBackend => "lb_no_backend",
             Counter::LbSlotMissing => "lb_slot_missing",

@@ -15,24 +15,25 @@ pub mod steer;
 #[cfg(feature = "user")]
 mod pod;
 
-pub use addr::{FourTuple, SockAddr};
+pub use addr::{FourTuple, OrigDst, SockAddr};
 pub use agent::AgentState;
 pub use counters::Counter;
 
 /// Names of the kernel maps. They are also the file names the maps are pinned under,
 /// so they stay below the kernel's 15-character object-name limit.
 pub mod map_names {
-    /// Network namespaces whose traffic is steered: `u64` netns cookie → `u8` (1).
+    /// Network namespaces whose traffic is steered: `u64` netns cookie → `u8`
+    /// ([`enrolled`](crate::enrolled)).
     pub const ENROLLED: &str = "SK_ENROLLED";
     /// Service virtual addresses: `SockAddr` → `u8` (1).
     pub const VIPS: &str = "SK_VIPS";
     /// One `AgentState`: where the agent listens and when it last proved it is alive.
     pub const AGENT: &str = "SK_AGENT";
     /// Original destination of a steered socket, between connect and established:
-    /// `u64` socket cookie → `SockAddr`.
+    /// `u64` socket cookie → `OrigDst`.
     pub const ORIG_BY_COOKIE: &str = "SK_ORIG_COOKIE";
     /// Original destination of an established steered connection, as the agent sees
-    /// it after `accept`: `FourTuple` (client → agent) → `SockAddr`.
+    /// it after `accept`: `FourTuple` (client → agent) → `OrigDst`.
     pub const ORIG_BY_TUPLE: &str = "SK_ORIG_TUPLE";
     /// Both ends of each accelerated Pod↔agent connection, for sk_msg:
     /// `FourTuple` (local → remote of that socket) → socket.
@@ -63,18 +64,20 @@ pub mod map_names {
     pub const REWRITES: &str = "SK_REWRITES";
 }
 
-/// Capacity of each map. Steering state is short-lived (connect → accept), so the
+/// Default capacity of each map; the agent's config (`capacity`) may change most of
+/// them at load time. Steering state is short-lived (connect → accept), so the
 /// original-destination maps are LRU and sized for bursts of new connections.
 pub mod map_sizes {
+    /// Service VIP:port pairs, as Cilium's default service map.
+    pub const VIPS: u32 = 65536;
+    /// Network namespaces (Pods) on the node.
     pub const ENROLLED: u32 = 4096;
-    pub const VIPS: u32 = 16384;
-    pub const ORIG_BY_COOKIE: u32 = 65536;
-    pub const ORIG_BY_TUPLE: u32 = 65536;
+    /// Connects between `connect()` and the agent's `accept()`, each of the two maps.
+    pub const ORIG_DST: u32 = 65536;
     /// Two entries per accelerated connection.
     pub const SOCKS: u32 = 65536;
     pub const NO_ACCEL: u32 = 4096;
     pub const LISTENERS: u32 = 2;
-    pub const LB_SERVICES: u32 = 16384;
     /// Two tables per service: 32,768 endpoints in kernel mode on one node.
     pub const LB_BACKENDS: u32 = 65536;
     pub const LB_CONNECTS: u32 = 16384;
@@ -82,6 +85,14 @@ pub mod map_sizes {
     pub const LB_FAILURES: u32 = 16384;
     /// One entry per open steered or rewritten connection (LRU beyond).
     pub const REWRITES: u32 = 131072;
+}
+
+/// Values of the enrolled-namespaces map.
+pub mod enrolled {
+    /// Steer this namespace's connects to service VIPs.
+    pub const STEER: u8 = 1;
+    /// The namespace is at its connection cap: its connects take kube-proxy's path.
+    pub const FULL: u8 = 2;
 }
 
 /// Slots of the listeners map.
@@ -93,6 +104,7 @@ pub mod listener_slot {
 // The kernel and userspace must agree on these layouts byte for byte.
 const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<FourTuple>() == 40);
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
 const _: () = assert!(core::mem::size_of::<AgentState>() == 64);
 const _: () = assert!(core::mem::size_of::<lb::LbService>() == 16);
 const _: () = assert!(core::mem::size_of::<lb::BackendSlot>() == 24);

@@ -2,7 +2,7 @@
 #![allow(unsafe_code)]
 
 use crate::{
-    AgentState, FourTuple, SockAddr,
+    AgentState, FourTuple, OrigDst, SockAddr,
     lb::{BackendSlot, ConnectStats, LbService, Rewrite},
 };
 
@@ -12,6 +12,8 @@ unsafe impl aya::Pod for SockAddr {}
 unsafe impl aya::Pod for FourTuple {}
 // SAFETY: `#[repr(C)]`, 2×u64 followed by two 20-byte `SockAddr`s: no padding.
 unsafe impl aya::Pod for AgentState {}
+// SAFETY: `#[repr(C)]`, a 20-byte `SockAddr`, a u32 and a u64 at offset 24: no padding.
+unsafe impl aya::Pod for OrigDst {}
 // SAFETY: `#[repr(C)]`, four `u32`s.
 unsafe impl aya::Pod for LbService {}
 // SAFETY: `#[repr(C)]`, a 20-byte `SockAddr` and two `u16`s: no padding.

@@ -1,6 +1,6 @@
 //! The connect-time decision of connect4/connect6, as a pure function.
 
-use crate::{AgentState, Counter, SockAddr};
+use crate::{AgentState, Counter, SockAddr, enrolled};
 
 /// What the kernel learned about one `connect()`.
 #[derive(Clone, Copy, Debug)]
@@ -8,8 +8,9 @@ pub struct Connect<'a> {
     pub is_tcp: bool,
     /// The destination is a known service VIP.
     pub is_vip: bool,
-    /// The socket's network namespace is enrolled.
-    pub enrolled: bool,
+    /// The socket's network namespace's entry in the enrolled map
+    /// ([`enrolled`](crate::enrolled)), if it has one.
+    pub enrolled: Option<u8>,
     /// The agent's state, if the agent ever wrote one.
     pub agent: Option<&'a AgentState>,
     /// The agent's listener for the destination's family is an open socket.
@@ -27,9 +28,11 @@ pub fn decide(c: Connect<'_>) -> Result<SockAddr, Counter> {
     if !c.is_vip {
         return Err(Counter::SkipNotVip);
     }
-    if !c.enrolled {
-        return Err(Counter::SkipNotEnrolled);
-    }
+    let pod_full = match c.enrolled {
+        Some(enrolled::STEER) => false,
+        Some(enrolled::FULL) => true,
+        _ => return Err(Counter::SkipNotEnrolled),
+    };
     let Some(agent) = c.agent else {
         return Err(Counter::SkipAgentDead);
     };
@@ -43,6 +46,12 @@ pub fn decide(c: Connect<'_>) -> Result<SockAddr, Counter> {
     }
     if !agent.is_alive(c.now_ns) {
         return Err(Counter::SkipAgentStale);
+    }
+    if agent.full() {
+        return Err(Counter::SkipAgentFull);
+    }
+    if pod_full {
+        return Err(Counter::SkipPodFull);
     }
     Ok(listener)
 }
@@ -71,7 +80,7 @@ mod tests {
         Connect {
             is_tcp: true,
             is_vip: true,
-            enrolled: true,
+            enrolled: Some(enrolled::STEER),
             agent: Some(agent),
             listening: true,
             now_ns: agent.heartbeat_ns + 1,
@@ -86,8 +95,13 @@ mod tests {
         assert_eq!(decide(Connect { is_tcp: false, ..connect(&a) }), Err(Counter::SkipNotTcp));
         assert_eq!(decide(Connect { is_vip: false, ..connect(&a) }), Err(Counter::SkipNotVip));
         assert_eq!(
-            decide(Connect { enrolled: false, ..connect(&a) }),
+            decide(Connect { enrolled: None, ..connect(&a) }),
             Err(Counter::SkipNotEnrolled)
+        );
+        assert_eq!(
+            decide(Connect { enrolled: Some(0), ..connect(&a) }),
+            Err(Counter::SkipNotEnrolled),
+            "an unknown value is not an enrollment"
         );
         assert_eq!(decide(Connect { agent: None, ..connect(&a) }), Err(Counter::SkipAgentDead));
     }
@@ -121,5 +135,19 @@ mod tests {
         assert_eq!(decide(v6), Err(Counter::SkipNoListener));
         let dual = AgentState { listen6: addr("[fd77::1]:15001"), ..a };
         assert_eq!(decide(Connect { agent: Some(&dual), ..v6 }), Ok(dual.listen6));
+    }
+
+    #[test]
+    fn a_full_agent_or_a_full_pod_fails_open_and_says_which() {
+        let full = AgentState { flags: AgentState::FULL, ..agent() };
+        assert_eq!(decide(connect(&full)), Err(Counter::SkipAgentFull));
+        let a = agent();
+        let pod_full = Connect { enrolled: Some(enrolled::FULL), ..connect(&a) };
+        assert_eq!(decide(pod_full), Err(Counter::SkipPodFull));
+        // A dead agent is dead, whatever else is true.
+        assert_eq!(
+            decide(Connect { listening: false, ..connect(&full) }),
+            Err(Counter::SkipAgentDead)
+        );
     }
 }

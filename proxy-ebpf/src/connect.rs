@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    Counter, SockAddr,
+    Counter, OrigDst, SockAddr,
     lb::Rewrite,
     listener_slot,
     steer::{Connect, decide},
@@ -38,7 +38,7 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<(SockAddr, Counter)
         let skip = Connect {
             is_tcp,
             is_vip,
-            enrolled: false,
+            enrolled: None,
             agent: None,
             listening: false,
             now_ns: 0,
@@ -49,7 +49,7 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<(SockAddr, Counter)
     // SAFETY: the helper takes the context pointer of a sock_addr program.
     let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
     // SAFETY: as above.
-    let enrolled = unsafe { ENROLLED.get(&netns) }.is_some();
+    let enrolled = unsafe { ENROLLED.get(&netns) }.copied();
     let listener = decide(Connect {
         is_tcp,
         is_vip,
@@ -75,7 +75,8 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<(SockAddr, Counter)
         Pick::Fallback(why) => count(why),
         Pick::Relay => {}
     }
-    ORIG_BY_COOKIE.insert(&cookie, &dst, 0).map_err(|_| Counter::SkipMapFull)?;
+    let orig = OrigDst { dst, reserved: 0, netns };
+    ORIG_BY_COOKIE.insert(&cookie, &orig, 0).map_err(|_| Counter::SkipMapFull)?;
     remember(cookie, &Rewrite { vip: dst, to: listener });
     debug!(ctx, "steer cookie={} netns={} port={}", cookie, netns, dst.port);
     Ok((listener, Counter::Steered))

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf, SockHash, SockMap},
 };
 use proxy_common::{
-    AgentState, Counter, FourTuple, SockAddr,
+    AgentState, Counter, FourTuple, OrigDst, SockAddr,
     lb::{BackendSlot, ConnectStats, LbService, Rewrite},
     map_sizes,
 };
@@ -22,12 +22,11 @@ pub static VIPS: HashMap<SockAddr, u8> = HashMap::pinned(map_sizes::VIPS, 0);
 pub static AGENT: Array<AgentState> = Array::pinned(1, 0);
 
 #[map(name = "SK_ORIG_COOKIE")]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, SockAddr> =
-    LruHashMap::pinned(map_sizes::ORIG_BY_COOKIE, 0);
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(map_sizes::ORIG_DST, 0);
 
 #[map(name = "SK_ORIG_TUPLE")]
-pub static ORIG_BY_TUPLE: LruHashMap<FourTuple, SockAddr> =
-    LruHashMap::pinned(map_sizes::ORIG_BY_TUPLE, 0);
+pub static ORIG_BY_TUPLE: LruHashMap<FourTuple, OrigDst> =
+    LruHashMap::pinned(map_sizes::ORIG_DST, 0);
 
 #[map(name = "SK_SOCKS")]
 pub static SOCKS: SockHash<FourTuple> = SockHash::pinned(map_sizes::SOCKS, 0);
@@ -45,7 +44,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::SLOTS, 0);
 /// the agent replaces meanwhile must not be reused for another service under it.
 #[map(name = "SK_LB_SERVICES")]
 pub static LB_SERVICES: HashMap<SockAddr, LbService> =
-    HashMap::pinned(map_sizes::LB_SERVICES, BPF_F_NO_PREALLOC);
+    HashMap::pinned(map_sizes::VIPS, BPF_F_NO_PREALLOC);
 
 #[map(name = "SK_LB_BACKENDS")]
 pub static LB_BACKENDS: HashMap<BackendSlot, SockAddr> = HashMap::pinned(map_sizes::LB_BACKENDS, 0);

@@ -94,11 +94,11 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 fn file_orig_dst(ctx: &SockOpsContext) -> Result<bool, Counter> {
     let cookie = cookie(ctx);
     // SAFETY: map values are plain data.
-    let Some(dst) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
         return Ok(false);
     };
     let _ = ORIG_BY_COOKIE.remove(&cookie);
-    ORIG_BY_TUPLE.insert(&tuple(ctx), &dst, 0).map_err(|_| Counter::OrigDstFileFailed)?;
+    ORIG_BY_TUPLE.insert(&tuple(ctx), &orig, 0).map_err(|_| Counter::OrigDstFileFailed)?;
     Ok(true)
 }
 

@@ -4,18 +4,23 @@
 //! it binds where the config says.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::{AbortHandle, JoinSet},
+};
 use tracing::debug;
 
 use crate::{datapath::Datapath, metrics::Metrics, state::State};
@@ -42,23 +47,55 @@ pub struct Admin {
     pub datapath: Arc<dyn Datapath>,
 }
 
+/// Admin connections at once. At the cap the oldest is closed to make room, so a
+/// flood of idle connections neither takes the agent's descriptors nor locks out a
+/// health probe.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection is closed when a request's headers do not arrive within this time,
+/// idle keep-alive connections included.
+const IDLE: Duration = Duration::from_secs(10);
+/// No admin connection lives longer than this.
+const LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves the admin endpoint until the task is dropped, which closes its connections.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let mut connections = JoinSet::new();
+    let mut oldest_first: VecDeque<AbortHandle> = VecDeque::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    debug!("admin accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next() => continue,
         };
+        oldest_first.retain(|c| !c.is_finished());
+        if oldest_first.len() >= MAX_CONNECTIONS
+            && let Some(oldest) = oldest_first.pop_front()
+        {
+            oldest.abort();
+        }
+        oldest_first.push_back(connections.spawn(serve_one(stream, admin.clone())));
+    }
+}
+
+async fn serve_one(stream: TcpStream, admin: Arc<Admin>) {
+    let service = hyper::service::service_fn(move |req| {
         let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(&req)) }
-            });
-            if let Err(err) =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
-            {
-                debug!("admin connection: {err}");
-            }
-        });
+        async move { Ok::<_, Infallible>(admin.respond(&req)) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(IDLE)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(LIFETIME, connection).await {
+        Ok(Err(err)) => debug!("admin connection: {err}"),
+        Ok(Ok(())) => {}
+        Err(_) => debug!("admin connection closed after {LIFETIME:?}"),
     }
 }
 
@@ -107,9 +144,23 @@ impl Admin {
             Ok(counters) => {
                 counters.into_iter().map(|(c, v)| (c.name().into(), v.into())).collect()
             }
-            Err(err) => [("error".to_string(), err.to_string().into())].into_iter().collect(),
+            Err(err) => {
+                [("error".to_string(), crate::Chain(&err).to_string().into())].into_iter().collect()
+            }
         };
-        let state = json!({ "ready": self.readiness.get(), "services": services, "kernel_counters": kernel });
+        let maps: serde_json::Map<String, serde_json::Value> = self
+            .datapath
+            .usage()
+            .into_iter()
+            .map(|m| (m.map.into(), json!({"entries": m.entries, "capacity": m.capacity})))
+            .collect();
+        let state = json!({
+            "ready": self.readiness.get(),
+            "full": self.datapath.full(),
+            "services": services,
+            "kernel_maps": maps,
+            "kernel_counters": kernel,
+        });
         serde_json::to_string_pretty(&state).unwrap_or_default()
     }
 }

@@ -2,7 +2,6 @@
 //! together, keeps the kernel's view in step with discovery, and shuts down cleanly.
 
 use std::{
-    collections::BTreeSet,
     net::SocketAddr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
@@ -11,28 +10,28 @@ use std::{
 };
 
 use anyhow::Context as _;
-use proxy_common::agent::HEARTBEAT_INTERVAL_MS;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{Signal, SignalKind, signal},
-    task::JoinSet,
-};
-use tracing::{error, info, warn};
+use tokio::{net::TcpListener, task::JoinSet};
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, Admin, Readiness},
+    claim::Claim,
     config::Config,
-    datapath::{self, Datapath, Kernel, KernelOptions},
+    datapath::{self, Kernel, KernelOptions},
     discovery::{
         Condition, Desired, Discovery,
         kube::Kube,
         static_file::{POLL_INTERVAL, StaticFile},
     },
+    drain::Drain,
     eviction,
     handoff::{self, Listeners, Predecessor},
     kernel_lb,
+    liveness::Heartbeat,
     metrics::Metrics,
     proxy::Proxy,
+    reconcile::Reconciler,
+    signals::{self, Signals, Stop},
     state::State,
     sys,
 };
@@ -55,12 +54,14 @@ pub enum Source {
     Kube { node: String, settings: Option<PathBuf> },
 }
 
-/// How long a shutdown waits for downstream connections to finish.
+/// How long a stop waits for downstream connections to finish before it closes them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long closed connections get to end their tasks.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How long a stopping agent serves on while a connected successor gets ready.
 const HANDOFF_WAIT: Duration = Duration::from_secs(60);
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until it is told to stop.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     match &options.source {
         Source::File(path) => {
@@ -85,39 +86,51 @@ async fn run_with(
 ) -> anyhow::Result<()> {
     config.admin = options.admin.unwrap_or(config.admin);
     fit_open_files(&mut config);
+    let cgroup = match options.cgroup.clone() {
+        Some(cgroup) => cgroup,
+        None => datapath::cgroup2_root()?,
+    };
+    datapath::require_cgroup2(&cgroup)?;
     // Listen before the kernel steers anything here, or take the running agent's
-    // listeners once ready.
+    // listeners once ready. Only one agent serves a cgroup.
     let start = match Predecessor::find(&options.bpffs) {
         Some(predecessor) => {
             info!("another agent serves this node: taking over from it once ready");
             Start::TakeOver(predecessor)
         }
-        None => Start::Bound(Listeners::bind(&config.proxy_addrs(), config.admin).await?),
-    };
-    let cgroup = match options.cgroup.clone() {
-        Some(cgroup) => cgroup,
-        None => datapath::cgroup2_root()?,
+        None => {
+            let claim = Claim::take(&cgroup, &options.bpffs)?;
+            let listeners = Listeners::bind(&config.proxy_addrs(), config.admin).await?;
+            Start::Bound(listeners, claim)
+        }
     };
     let kernel = Arc::new(Kernel::load(&KernelOptions {
-        cgroup,
+        cgroup: cgroup.clone(),
         pin_dir: options.bpffs.clone(),
         listen4: config.listen,
         listen6: config.listen6,
         kernel_debug_log: options.kernel_debug_log,
         accel: options.accel,
+        capacity: config.capacity,
     })?);
 
-    let result = serve(kernel.clone(), &discovery, start, &config, &options.bpffs).await;
-    let kernel = Arc::into_inner(kernel).expect("every task holding the datapath has ended");
+    // Until the listeners are this agent's, the kernel programs serve a running
+    // predecessor: a failure then must leave them as they are.
+    let mut owner = matches!(start, Start::Bound(..));
+    let place = Place { cgroup: &cgroup, pin_dir: &options.bpffs };
+    let result = serve(kernel.clone(), &discovery, start, &config, place, &mut owner).await;
     match result {
-        Ok(Ending::HandedOff) => {
-            kernel.leave();
-            Ok(())
-        }
-        Ok(Ending::Stopped) => kernel.shutdown().context("detaching the kernel programs"),
-        Err(err) => {
-            kernel.shutdown().context("detaching the kernel programs")?;
+        Ok(Ending::Stopped) if owner => kernel.detach().context("detaching the kernel programs"),
+        Err(err) if owner => {
+            if let Err(detach) = kernel.detach() {
+                warn!("detaching the kernel programs: {}", crate::Chain(&detach));
+            }
             Err(err)
+        }
+        // Handed off, or stopped before taking over: the pins serve another agent.
+        result => {
+            kernel.leave();
+            result.map(|_| ())
         }
     }
 }
@@ -146,29 +159,47 @@ fn fit_open_files(config: &mut Config) {
         );
         config.limits.max_connections = fits;
     }
-    info!(open_files = limit, max_connections = config.limits.max_connections, "limits");
+    let limits = &mut config.limits;
+    info!(
+        open_files = limit,
+        max_connections = limits.max_connections,
+        max_connections_per_pod = limits.per_pod(),
+        "limits"
+    );
 }
 
-/// How the agent gets its listeners.
+/// How the agent gets its listeners (and its claim on the cgroup).
 enum Start {
-    Bound(Listeners),
+    Bound(Listeners, Claim),
     TakeOver(Predecessor),
 }
 
+/// Where the agent serves: the cgroup it attaches to and its pin directory.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    cgroup: &'a Path,
+    pin_dir: &'a Path,
+}
+
 /// Why the agent stopped serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ending {
-    /// SIGTERM or SIGINT: the kernel forgets sockeye.
+    /// Told to stop: the kernel forgets sockeye.
     Stopped,
     /// A successor took the listeners and adopts the kernel programs.
     HandedOff,
 }
 
+/// Serves until told to stop, a successor takes over, or a part of the agent fails;
+/// then winds every connection down. `owner` turns true once the listeners (and so
+/// the kernel programs) are this agent's.
 async fn serve(
     kernel: Arc<Kernel>,
     discovery: &impl Discovery,
     start: Start,
     config: &Config,
-    pin_dir: &Path,
+    place: Place<'_>,
+    owner: &mut bool,
 ) -> anyhow::Result<Ending> {
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(State::default());
@@ -181,81 +212,169 @@ async fn serve(
         datapath: kernel.clone(),
     });
     tasks.spawn(count_transitions(state.subscribe(), metrics.clone()));
-    tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), metrics.clone()));
     // The admin endpoint answers (not ready) while discovery syncs; a predecessor
     // answers for the node until the take-over.
-    let early = match start {
-        Start::Bound(listeners) => Ok(serve_admin(&mut tasks, &admin, listeners)),
-        Start::TakeOver(predecessor) => Err(predecessor),
+    let (early, mut claim) = match start {
+        Start::Bound(listeners, claim) => {
+            (Ok(serve_admin(&mut tasks, &admin, listeners)), Some(claim))
+        }
+        Start::TakeOver(predecessor) => (Err(predecessor), None),
     };
+    let (drain, drain_watch) = Drain::new();
+    let proxy = Proxy::new(
+        kernel.clone(),
+        state.clone(),
+        drain_watch.clone(),
+        metrics.clone(),
+        config.limits,
+    );
+    let mut stops = Signals::register()?.spawn(Summary {
+        reload: discovery.reloads(),
+        state: state.clone(),
+        proxy: proxy.clone(),
+    });
 
-    let mut signals = Signals::register()?;
     let mut desired = discovery.watch();
     info!("waiting for discovery");
     tokio::select! {
         () = discovery.synced() => {}
-        () = signals.recv() => {
-            tasks.shutdown().await;
-            return Ok(Ending::Stopped);
-        }
+        _ = stops.recv() => return Ok(Ending::Stopped),
     }
     let first = desired.borrow_and_update().clone();
-    apply(&first, kernel.as_ref(), &state).context("applying the config")?;
-    kernel.beat()?;
-    tasks.spawn(heartbeat(kernel.clone()));
+    let mut reconciler = Reconciler::new(kernel.clone(), state.clone());
+    reconciler.apply(&first).context("applying the config")?;
+    metrics.config_update(true);
+    let own = [config.proxy_addrs(), vec![config.admin]].concat();
+    let netns = reconciler.netns();
+    tasks.spawn(eviction::run(
+        state.subscribe(),
+        discovery.watch(),
+        netns.clone(),
+        own,
+        metrics.clone(),
+    ));
+    let mut heartbeat = Heartbeat::start(kernel.clone())?;
     // Until the listeners are published the predecessor, or DNAT, takes the connects.
     tokio::select! {
         () = warm_up(&first, &state) => {}
-        () = signals.recv() => {
-            tasks.shutdown().await;
-            return Ok(Ending::Stopped);
-        }
+        _ = stops.recv() => return Ok(Ending::Stopped),
     }
 
     let (listeners, offered) = match early {
         Ok(bound) => bound,
-        Err(predecessor) => serve_admin(&mut tasks, &admin, take_over(predecessor, config).await?),
+        Err(predecessor) => {
+            let listeners = take_over(predecessor, config).await?;
+            claim = Some(Claim::take_over(place.cgroup, place.pin_dir).await?);
+            serve_admin(&mut tasks, &admin, listeners)
+        }
     };
+    *owner = true;
     kernel.publish_listeners(&listeners)?;
     readiness.set(true);
     info!(services = first.services.len(), netns = first.enroll.len(), "sockeye is ready");
 
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    tasks.spawn(kernel_lb::run(
-        state.clone(),
-        kernel.clone(),
-        discovery.watch(),
-        metrics.clone(),
-        stopping.clone(),
-    ));
-    let proxy = Proxy::new(kernel.clone(), state.clone(), stopping, metrics.clone(), config.limits);
     let mut accepting = JoinSet::new();
     for listener in listeners {
         accepting.spawn(proxy.clone().serve(listener));
     }
-    let datapath = kernel.clone();
-    tasks.spawn(async move {
-        while desired.changed().await.is_ok() {
-            let next = desired.borrow_and_update().clone();
-            if let Err(err) = apply(&next, datapath.as_ref(), &state) {
-                error!("config not applied: {err:#}; keeping the last good config");
-            }
-        }
-    });
+    tasks.spawn(kernel_lb::run(state.clone(), kernel.clone(), netns, metrics.clone(), drain_watch));
+    tasks.spawn(reconciler.run(desired, discovery.rejections(), metrics.clone()));
 
-    let ending = serve_until_the_end(pin_dir, offered, &mut signals).await;
+    let outcome = tokio::select! {
+        ended = serve_until_the_end(place.pin_dir, offered, &mut stops) => Ok(ended),
+        failure = supervise(&mut tasks, &state) => Err(failure),
+    };
     readiness.set(false);
-    if let Ending::HandedOff = ending {
-        // The successor accepts from here on, on the same sockets.
+    let (ending, stop) = match &outcome {
+        Ok(ended) => *ended,
+        Err(_) => (Ending::Stopped, Stop::Now),
+    };
+    if ending == Ending::HandedOff {
+        // The successor beats and accepts from here on, on the same sockets, and
+        // claims the cgroup.
+        drop(claim.take());
+        heartbeat.stop();
         accepting.shutdown().await;
+    } else if let Err(err) = kernel.withdraw_listeners() {
+        warn!("cannot withdraw the listeners from the kernel: {}", crate::Chain(&err));
     }
-    // HTTP/2 clients get GOAWAY; their calls in flight finish before the agent goes.
-    let _ = stop.send(true);
-    let open = proxy.wait_idle(SHUTDOWN_GRACE).await;
-    info!(open, "shutting down");
+    wind_down(&drain, &proxy, stop, &mut stops).await;
     accepting.shutdown().await;
     tasks.shutdown().await;
-    Ok(ending)
+    heartbeat.stop();
+    outcome.map(|_| ending)
+}
+
+/// Drains the connections (GOAWAY, `Connection: close`) for up to [`SHUTDOWN_GRACE`]
+/// or until a second stop request, then closes what is left.
+async fn wind_down(
+    drain: &Drain,
+    proxy: &Proxy,
+    stop: Stop,
+    stops: &mut tokio::sync::mpsc::UnboundedReceiver<Stop>,
+) {
+    drain.start();
+    if stop == Stop::Graceful {
+        info!(open = proxy.open_connections(), "draining connections");
+        tokio::select! {
+            _ = proxy.wait_idle(SHUTDOWN_GRACE) => {}
+            _ = stops.recv() => info!("stopping at once"),
+        }
+    }
+    drain.close();
+    let open = proxy.wait_idle(CLOSE_GRACE).await;
+    info!(closed = open, "shutting down");
+}
+
+/// Resolves with what went wrong when a task the agent cannot do without ends, or a
+/// service loses its lifecycle owner.
+async fn supervise(tasks: &mut JoinSet<()>, state: &State) -> anyhow::Error {
+    let owner_lost = state.failure();
+    tokio::pin!(owner_lost);
+    loop {
+        tokio::select! {
+            failure = &mut owner_lost => return anyhow::anyhow!("{failure}; stopping"),
+            ended = tasks.join_next() => match ended {
+                Some(Err(err)) if err.is_panic() => {
+                    let what = crate::panic_message(&*err.into_panic()).to_string();
+                    return anyhow::anyhow!("an agent task panicked: {what}; stopping");
+                }
+                Some(_) => {}
+                None => return std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// What SIGHUP and SIGUSR1 act on.
+struct Summary {
+    reload: Option<Arc<tokio::sync::Notify>>,
+    state: Arc<State>,
+    proxy: Arc<Proxy>,
+}
+
+impl signals::Handler for Summary {
+    fn reload(&self) {
+        match &self.reload {
+            Some(reload) => reload.notify_one(),
+            None => info!("nothing to re-read: discovery follows the Kubernetes API live"),
+        }
+    }
+
+    fn summary(&self) -> String {
+        let services = self.state.services();
+        let mut by_state = std::collections::BTreeMap::new();
+        for service in &services {
+            for endpoint in &service.endpoints().all {
+                *by_state.entry(endpoint.lifecycle().name()).or_insert(0usize) += 1;
+            }
+        }
+        format!(
+            "{} services, endpoints {by_state:?}, {} connections open",
+            services.len(),
+            self.proxy.open_connections()
+        )
+    }
 }
 
 /// How long a starting agent waits for the first health verdicts on its services'
@@ -295,31 +414,30 @@ fn cold_services(desired: &Desired, state: &State) -> Vec<String> {
         .collect()
 }
 
-/// Waits for SIGTERM or SIGINT, or for a successor to take the listeners (`offered`).
+/// Waits for a stop request, or for a successor to take the listeners (`offered`).
 async fn serve_until_the_end(
     pin_dir: &Path,
     offered: Vec<OwnedFd>,
-    signals: &mut Signals,
-) -> Ending {
+    stops: &mut tokio::sync::mpsc::UnboundedReceiver<Stop>,
+) -> (Ending, Stop) {
     let (waiting, mut successor) = tokio::sync::watch::channel(false);
     let offer = offer(pin_dir, offered, &waiting);
     tokio::pin!(offer);
+    let stop = tokio::select! {
+        () = &mut offer => return (Ending::HandedOff, Stop::Graceful),
+        stop = stops.recv() => stop.unwrap_or(Stop::Now),
+    };
+    // An upgrade (a DaemonSet with maxSurge): the successor started first and takes
+    // over once ready; leaving now would refuse connects meanwhile.
+    if stop == Stop::Now || !*successor.borrow() {
+        return (Ending::Stopped, stop);
+    }
+    info!("a successor is getting ready: serving until it takes over");
     tokio::select! {
-        () = signals.recv() => {
-            // An upgrade (a DaemonSet with maxSurge): the successor started first and
-            // takes over once ready; leaving now would refuse connects meanwhile.
-            if *successor.borrow() {
-                info!("a successor is getting ready: serving until it takes over");
-                tokio::select! {
-                    () = &mut offer => Ending::HandedOff,
-                    _ = successor.wait_for(|waiting| !waiting) => Ending::Stopped,
-                    () = tokio::time::sleep(HANDOFF_WAIT) => Ending::Stopped,
-                }
-            } else {
-                Ending::Stopped
-            }
-        }
-        () = &mut offer => Ending::HandedOff,
+        () = &mut offer => (Ending::HandedOff, Stop::Graceful),
+        _ = successor.wait_for(|waiting| !waiting) => (Ending::Stopped, Stop::Graceful),
+        () = tokio::time::sleep(HANDOFF_WAIT) => (Ending::Stopped, Stop::Graceful),
+        stop = stops.recv() => (Ending::Stopped, stop.unwrap_or(Stop::Now)),
     }
 }
 
@@ -360,29 +478,6 @@ async fn offer(pin_dir: &Path, fds: Vec<OwnedFd>, waiting: &tokio::sync::watch::
     }
 }
 
-/// Makes the datapath and the services match `desired`.
-///
-/// VIPs of removed services leave the kernel before the state forgets them, and VIPs
-/// of new services enter the kernel after the state knows them, so no steered
-/// connection arrives for a service the proxy does not know.
-pub fn apply(desired: &Desired, datapath: &dyn Datapath, state: &State) -> anyhow::Result<()> {
-    let cookies = desired
-        .enroll
-        .iter()
-        .map(|path| {
-            datapath::netns::cookie(path)
-                .with_context(|| format!("enroll.netns {}: cannot read its cookie", path.display()))
-        })
-        .collect::<anyhow::Result<BTreeSet<u64>>>()?;
-    let new_vips: BTreeSet<SocketAddr> = desired.services.iter().map(|s| s.vip).collect();
-    let kept: BTreeSet<SocketAddr> = state.vips().intersection(&new_vips).copied().collect();
-    datapath.set_vips(&kept)?;
-    state.apply(&desired.services);
-    datapath.set_vips(&new_vips)?;
-    datapath.set_enrolled(&cookies)?;
-    Ok(())
-}
-
 /// Feeds every endpoint state change to the metrics.
 async fn count_transitions(
     mut transitions: tokio::sync::broadcast::Receiver<crate::state::Transition>,
@@ -398,48 +493,11 @@ async fn count_transitions(
     }
 }
 
-async fn heartbeat(datapath: Arc<dyn Datapath>) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
-    loop {
-        ticker.tick().await;
-        if let Err(err) = datapath.beat() {
-            warn!("heartbeat failed, the kernel will stop steering soon: {err}");
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, registered once for the agent's life so that none arriving
-/// between two waits is lost.
-struct Signals {
-    term: Signal,
-    int: Signal,
-}
-
-impl Signals {
-    fn register() -> anyhow::Result<Self> {
-        let register = |kind| signal(kind).context("cannot install the signal handlers");
-        Ok(Self {
-            term: register(SignalKind::terminate())?,
-            int: register(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => info!("SIGTERM: shutting down"),
-            _ = self.int.recv() => info!("SIGINT: shutting down"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::{
         config::{Policy, Protocol},
-        datapath::Recorder,
         discovery::{Condition, DesiredEndpoint, DesiredService},
     };
 
@@ -454,43 +512,6 @@ mod tests {
                 condition: Condition::Ready,
             }],
         }
-    }
-
-    #[tokio::test]
-    async fn apply_tells_the_datapath_and_updates_the_state() {
-        let recorder = Recorder::default();
-        let state = State::with_checker(Arc::new(crate::health::Manual));
-        let desired = Desired {
-            services: vec![service("a", "10.96.0.1:80"), service("b", "10.96.0.2:80")],
-            enroll: vec!["/proc/self/ns/net".into()],
-            ..Desired::default()
-        };
-        apply(&desired, &recorder, &state).unwrap();
-        assert_eq!(recorder.vips.lock().unwrap().len(), 2);
-        assert_eq!(recorder.enrolled.lock().unwrap().len(), 1);
-        assert_eq!(state.vips().len(), 2);
-
-        let fewer = Desired { services: vec![service("b", "10.96.0.2:80")], ..Desired::default() };
-        apply(&fewer, &recorder, &state).unwrap();
-        let vips = recorder.vips.lock().unwrap().clone();
-        assert_eq!(vips.into_iter().collect::<Vec<_>>(), vec!["10.96.0.2:80".parse().unwrap()]);
-        assert!(recorder.enrolled.lock().unwrap().is_empty());
-        assert!(state.lookup(&"10.96.0.1:80".parse().unwrap()).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_missing_namespace_rejects_the_whole_state() {
-        let recorder = Recorder::default();
-        let state = State::with_checker(Arc::new(crate::health::Manual));
-        let desired = Desired {
-            services: vec![service("a", "10.96.0.1:80")],
-            enroll: vec![Path::new("/var/run/netns/does-not-exist").into()],
-            ..Desired::default()
-        };
-        let err = apply(&desired, &recorder, &state).unwrap_err();
-        assert!(format!("{err:#}").contains("enroll.netns /var/run/netns/does-not-exist"));
-        assert!(recorder.vips.lock().unwrap().is_empty(), "nothing applied");
-        assert!(state.vips().is_empty());
     }
 
     /// A state whose health checks never report, and one service with one endpoint.

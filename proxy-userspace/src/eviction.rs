@@ -8,7 +8,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -22,6 +21,7 @@ use tracing::{info, warn};
 use crate::{
     datapath::evict::destroy_connections_to,
     discovery::Desired,
+    enroll::Netns,
     metrics::Metrics,
     state::{Lifecycle, Transition},
 };
@@ -31,10 +31,14 @@ use crate::{
 /// ejection does not cost clients their connections.
 pub const SUSPECT_GRACE: Duration = Duration::from_secs(60);
 
-/// Evicts endpoints as they go, until discovery or the state ends.
+/// Evicts endpoints as they go, in the namespaces enrolled at the time, until
+/// discovery or the state ends. `agent` are the agent's own addresses: an "endpoint"
+/// there is never evicted, since every steered connection is connected to it.
 pub async fn run(
     mut transitions: broadcast::Receiver<Transition>,
     mut desired: watch::Receiver<Arc<Desired>>,
+    enrolled: watch::Receiver<Arc<[Arc<Netns>]>>,
+    agent: Vec<SocketAddr>,
     metrics: Arc<Metrics>,
 ) {
     let mut known = endpoints(&desired.borrow_and_update());
@@ -68,8 +72,12 @@ pub async fn run(
             },
             _ = tick.tick() => suspects.due(Instant::now()),
         };
-        let netns = desired.borrow().enroll.clone();
+        let netns = enrolled.borrow().clone();
         for (service, addr) in gone {
+            if agent.contains(&addr) {
+                warn!(endpoint = %addr, %service, "not evicting the agent's own address");
+                continue;
+            }
             evict(netns.clone(), &service, addr, &metrics).await;
         }
     }
@@ -79,7 +87,12 @@ fn endpoints(desired: &Desired) -> BTreeMap<SocketAddr, String> {
     desired.endpoints().into_iter().map(|(addr, service)| (addr, service.to_string())).collect()
 }
 
-pub(crate) async fn evict(netns: Vec<PathBuf>, service: &str, addr: SocketAddr, metrics: &Metrics) {
+pub(crate) async fn evict(
+    netns: Arc<[Arc<Netns>]>,
+    service: &str,
+    addr: SocketAddr,
+    metrics: &Metrics,
+) {
     let started = std::time::Instant::now();
     let Ok(destroyed) = tokio::task::spawn_blocking(move || destroy_in(&netns, addr)).await else {
         return;
@@ -90,13 +103,14 @@ pub(crate) async fn evict(netns: Vec<PathBuf>, service: &str, addr: SocketAddr, 
     }
 }
 
-fn destroy_in(netns: &[PathBuf], addr: SocketAddr) -> usize {
+fn destroy_in(netns: &[Arc<Netns>], addr: SocketAddr) -> usize {
     netns
         .iter()
-        .map(|path| match destroy_connections_to(path, addr) {
+        .map(|ns| match destroy_connections_to(&ns.file, addr) {
             Ok(n) => n,
             Err(err) => {
-                warn!(endpoint = %addr, netns = %path.display(), "cannot evict connections: {err}");
+                let path = ns.path.display();
+                warn!(endpoint = %addr, netns = %path, "cannot evict connections: {err}");
                 0
             }
         })

@@ -71,7 +71,7 @@ impl Listeners {
 async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
         format!(
-            "cannot listen on {field} {addr}; if the address is missing on this node, \
+            "{field}: cannot listen on {addr}; if the address is missing on this node, \
              add it (for example `ip addr add {}/32 dev lo`); if another program holds \
              the port, stop it",
             addr.ip()

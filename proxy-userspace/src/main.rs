@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 /// sockeye: an eBPF-accelerated node proxy that sends each request only to live, ready Pods.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "sockeye", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,8 +16,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the node agent until SIGTERM or SIGINT.
+    /// Run the node agent until SIGTERM or SIGINT (see README "Running the agent" for
+    /// what each signal does).
     Run(RunArgs),
+    /// Check a config file without running: parse it, validate every field, check that
+    /// it fits the kernel maps it asks for; exit 1 with the field named if not.
+    Check {
+        /// The config file `run --config` would read.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Check it as node settings for `run --kube` (no services or enroll).
+        #[arg(long)]
+        kube: bool,
+    },
+    /// Show what the node's running agent is doing: services and their endpoints per
+    /// state, kernel counters and map use, whether it fails open.
+    Status {
+        /// The agent's admin endpoint.
+        #[arg(long, value_name = "ADDR", default_value = sockeye::config::DEFAULT_ADMIN)]
+        admin: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -80,7 +98,11 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Check { config, kube } => return print(sockeye::commands::check(&config, kube)),
+        Command::Status { admin } => return print(sockeye::commands::status(admin)),
+    };
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| log_directives(&args.log_level));
     let kernel_debug_log = filter.contains("debug") || filter.contains("trace");
     if let Err(err) = init_logging(&filter, args.log_format) {
@@ -96,7 +118,13 @@ fn main() -> ExitCode {
     };
     let source = match (args.kube, args.node_name) {
         (true, Some(node)) => Source::Kube { node, settings: args.config },
-        (_, _) => Source::File(args.config.expect("clap requires --config without --kube")),
+        (_, _) => match args.config {
+            Some(config) => Source::File(config),
+            None => {
+                eprintln!("error: run needs --config FILE, or --kube");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let options = RunOptions {
         source,
@@ -110,6 +138,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a command's result; an error goes to stderr and exits 1.
+fn print(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }

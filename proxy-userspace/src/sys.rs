@@ -52,6 +52,20 @@ pub fn own_netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
+/// The filesystem type (`statfs`'s `f_type` magic number) of the filesystem `path` is on.
+pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    // SAFETY: an all-zero statfs is valid for the kernel to fill.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` outlives the call.
+    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -205,6 +219,23 @@ pub fn peer_uid(stream: BorrowedFd<'_>) -> io::Result<u32> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Gives the calling thread (not the process) the lowest real-time priority
+/// (SCHED_FIFO 1), else the highest nice value; both need CAP_SYS_NICE. The error is
+/// the real-time one's.
+pub fn realtime_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    // SAFETY: plain setpriority(2); on Linux who 0 with PRIO_PROCESS is the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) } == 0 {
+        return Ok(());
+    }
+    Err(err)
 }
 
 /// Raises the limit on open files as far as allowed: both limits to `want` with

@@ -57,3 +57,33 @@ fn the_example_config_is_valid_and_states_the_defaults() {
         "the example shows the defaults"
     );
 }
+
+#[test]
+fn version_says_sockeye_and_check_validates_without_running() {
+    let (ok, text) = sockeye(&["--version"]);
+    assert!(ok && text.starts_with("sockeye "), "{text}");
+
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/static-config.example.yaml");
+    let (ok, text) = sockeye(&["check", "--config", example.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("valid."), "{text}");
+
+    let path = std::env::temp_dir().join(format!("sockeye-check-{}.yaml", std::process::id()));
+    let too_many = "capacity:\n  services: 1\nservices:\n- name: a\n  vip: 10.96.0.1:80\n- name: b\n  vip: 10.96.0.2:80\n";
+    std::fs::write(&path, too_many).unwrap();
+    let (ok, text) = sockeye(&["check", "--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(!ok);
+    assert!(
+        text.contains("capacity.services: 2 services do not fit the kernel map of 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_without_an_agent_says_what_to_check() {
+    let (ok, text) = sockeye(&["status", "--admin", "127.0.0.1:1"]);
+    assert!(!ok);
+    assert!(text.contains("no agent answers at 127.0.0.1:1"), "{text}");
+}

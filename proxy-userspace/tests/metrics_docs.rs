@@ -45,6 +45,7 @@ fn exported() -> BTreeSet<String> {
     });
     metrics.evicted("s", 1);
     metrics.limit_hit("global");
+    metrics.config_update(false);
     let _open = metrics.connection("h2");
     metrics
         .encode()

@@ -17,6 +17,8 @@ use crate::{
 };
 
 pub const ADMIN: &str = "127.0.0.1:15090";
+/// The admin endpoint's cap on connections at once (`sockeye::admin::MAX_CONNECTIONS`).
+pub const ADMIN_CONNECTIONS: usize = 64;
 
 pub struct Agent {
     proc: Proc,

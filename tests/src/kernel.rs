@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use proxy_common::{
-    AgentState, Counter, FourTuple, SockAddr,
+    AgentState, Counter, FourTuple, OrigDst, SockAddr,
     lb::{BackendSlot, ConnectStats, LbService, Rewrite},
     map_names,
 };
@@ -35,7 +35,15 @@ pub fn socket_map_entries(pin_dir: &Path) -> anyhow::Result<(usize, usize)> {
 pub fn pending_orig_dst(pin_dir: &Path) -> anyhow::Result<usize> {
     let path = pin_dir.join(map_names::ORIG_BY_TUPLE);
     let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
-    let map = HashMap::<_, FourTuple, SockAddr>::try_from(Map::LruHashMap(data))?;
+    let map = HashMap::<_, FourTuple, OrigDst>::try_from(Map::LruHashMap(data))?;
+    Ok(map.keys().count())
+}
+
+/// How many VIPs the kernel steers.
+pub fn vip_count(pin_dir: &Path) -> anyhow::Result<usize> {
+    let path = pin_dir.join(map_names::VIPS);
+    let data = MapData::from_pin(&path).with_context(|| format!("{}", path.display()))?;
+    let map = HashMap::<_, proxy_common::SockAddr, u8>::try_from(Map::HashMap(data))?;
     Ok(map.keys().count())
 }
 

@@ -28,13 +28,15 @@ pub mod rolling;
 mod sys;
 pub mod watch;
 
-pub use agent::{ADMIN, Agent, http_get};
+pub use agent::{ADMIN, ADMIN_CONNECTIONS, Agent, http_get};
 pub use echo_node::EchoNode;
 pub use grpc_node::GrpcNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
-pub use sys::{catch_interrupt, deepen_backlog, interrupted, monotonic_ns, raise_nofile_limit};
+pub use sys::{
+    catch_interrupt, deepen_backlog, enter_netns, interrupted, monotonic_ns, raise_nofile_limit,
+};
 
 use std::time::{Duration, Instant};
 

@@ -246,6 +246,24 @@ impl Sandbox {
         crate::agent::config_yaml(enrolled, services)
     }
 
+    /// Starts `sockeye run --config FILE <args>` in the node namespace and the test
+    /// cgroup, with only the flags given (no `--cgroup` or `--bpffs` of the sandbox's),
+    /// and returns at once: for start errors and agents of their own.
+    pub fn spawn_sockeye(&self, name: &str, config: &str, args: &[&str]) -> anyhow::Result<Proc> {
+        let path = self.dir().join(format!("{name}.yaml"));
+        std::fs::write(&path, config)?;
+        let mut command = Command::new(crate::binary("sockeye")?);
+        command.args(["run", "--config"]).arg(&path).args(args);
+        self.spawn_in_node(name, command)
+    }
+
+    /// Starts `sk-pod <args>` in the node namespace (where the admin endpoint listens).
+    pub fn spawn_on_node(&self, args: &[&str]) -> anyhow::Result<Proc> {
+        let mut command = Command::new(crate::binary("sk-pod")?);
+        command.args(args);
+        self.spawn_in_node(&format!("node:{}", args.first().unwrap_or(&"")), command)
+    }
+
     /// Starts a program in the node namespace and the test cgroup.
     pub(crate) fn spawn_in_node(&self, name: &str, command: Command) -> anyhow::Result<Proc> {
         spawn(&self.shared, &self.node, name, command)
@@ -296,12 +314,15 @@ impl Pod {
     /// Starts a stand-in for the Pod's sandbox ("pause") process, in a kubelet-style
     /// cgroup `kubepods/pod<uid>` below the test cgroup: where `sockeye run --kube`
     /// finds the network namespace of the Pod with that UID.
+    ///
+    /// It can be told to pose as a process outside the Pod (`Proc::send("become NETNS
+    /// CGROUP")`), as a process that inherited the PID of the Pod's would.
     pub fn start_pause(&self, uid: &str) -> anyhow::Result<Proc> {
         let cgroup = self.shared.cgroup.join("kubepods").join(format!("pod{uid}"));
         std::fs::create_dir_all(&cgroup)
             .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
-        let mut command = Command::new("sleep");
-        command.arg("infinity");
+        let mut command = Command::new(crate::binary("sk-pod")?);
+        command.arg("pause");
         spawn_in(&self.shared, &self.netns, &format!("{}:pause", self.name), command, &cgroup)
     }
 

@@ -64,6 +64,11 @@ impl Proc {
         Ok(())
     }
 
+    /// How many descriptors the process has open.
+    pub fn open_files(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid()))?.count())
+    }
+
     /// Sends a signal (`libc::SIGTERM`, `SIGKILL`, `SIGSTOP`, `SIGCONT`, …).
     pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
         sys::kill(self.pid(), signal).with_context(|| format!("signalling {}", self.name))

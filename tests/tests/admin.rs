@@ -84,3 +84,27 @@ fn the_admin_endpoint_binds_where_the_flag_says_and_is_read_only() {
         assert!(response.starts_with("HTTP/1.0 405"), "{method}: {response}");
     }
 }
+
+#[test]
+fn sockeye_status_prints_the_running_agent_at_a_glance() {
+    let node = EchoNode::new(2).unwrap();
+    let echo = node.service("echo", "10.96.0.10:7000", &["b1", "b2"]);
+    let _agent = node.start_agent(std::slice::from_ref(&echo)).unwrap();
+    node.client().probe(echo.vip, 3, 1).unwrap();
+    let sockeye = sandbox::binary("sockeye").unwrap();
+    let output = node
+        .sandbox
+        .node()
+        .run(|| std::process::Command::new(&sockeye).args(["status", "--admin", ADMIN]).output())
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    println!("{text}");
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains(": ready, taking connections"), "{text}");
+    assert!(text.contains("kernel maps: pods 1/4096, services 1/65536"), "{text}");
+    assert!(text.contains("3 connects steered"), "{text}");
+    let row: Vec<&str> =
+        text.lines().find(|l| l.starts_with("echo ")).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["echo", "10.96.0.10:7000", "tcp", "2"], "{text}");
+}

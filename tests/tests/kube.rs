@@ -289,6 +289,37 @@ fn a_flapping_api_server_fails_no_connection_and_changes_still_arrive() {
 }
 
 #[test]
+fn a_pid_that_no_longer_belongs_to_the_pod_never_enrolls_the_namespace_it_names_now() {
+    let _serial = sandbox::serial();
+    let node = EchoNode::new(2).unwrap();
+    let api = start_api(&node);
+    let (client, outsider) = (node.client(), node.outsider());
+    let mut pause = client.start_pause(&uid(client)).unwrap();
+    api.apply(namespace("shop", true)).unwrap();
+    api.apply(pod(client, "shop", NODE)).unwrap();
+    api.apply(echo_service()).unwrap();
+    let (b1, b2) = (node.sandbox.pod("b1"), node.sandbox.pod("b2"));
+    api.apply(echo_slice(&[(b1, ready()), (b2, ready())])).unwrap();
+    let agent = start_agent(&node, &api);
+    assert!(steered(client), "{}", agent.log());
+
+    // The Pod's process goes and its PID now names a process of another namespace
+    // and cgroup (here: the same process, moved), as after a PID is reused.
+    let elsewhere =
+        format!("become {} {}", outsider.netns().path().display(), node.sandbox.cgroup().display());
+    pause.send(&elsewhere).unwrap();
+    pause.wait_for_log("became", Duration::from_secs(5)).unwrap();
+    // The API changes as it always does (b2 leaves), and discovery looks again.
+    api.apply(echo_slice(&[(b1, ready())])).unwrap();
+    wait_for("the client to be unenrolled", Duration::from_secs(10), || {
+        (!steered(client)).then_some(())
+    })
+    .unwrap();
+    assert!(!steered(outsider), "the other namespace was enrolled:\n{}", agent.log());
+    assert!(agent.log().contains("netns=0"), "{}", agent.log());
+}
+
+#[test]
 fn in_kernel_mode_a_draining_endpoint_keeps_its_connections_but_gets_no_new_ones() {
     let _serial = sandbox::serial();
     let node = EchoNode::new(2).unwrap();

@@ -36,26 +36,88 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub capacity: Capacity,
+    #[serde(default)]
     pub enroll: Enroll,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
 }
 
-/// Caps on connections: past them a new connection is refused (reset) and counted in
-/// `sockeye_connection_limit_hits_total`. Read at start.
+/// Caps on connections, counted in `sockeye_connection_limit_hits_total`. Read at
+/// start. At the agent's or a Pod's cap the kernel sends that Pod's (or every Pod's)
+/// new connects to kube-proxy's path until there is room again (fail open).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Downstream connections served at once, over all services.
     pub max_connections: usize,
+    /// Downstream connections from one Pod (network namespace) at once, so one Pod
+    /// cannot take every connection the agent has. Default: 4,096, or half of
+    /// `max_connections` if that is less.
+    pub max_connections_per_pod: Option<usize>,
     /// Opaque-TCP connections to one endpoint at once; a new connection goes to
     /// another endpoint, or is refused when every endpoint is at its cap.
     pub max_connections_per_endpoint: u32,
 }
 
+impl Limits {
+    /// The per-Pod cap in force: the one set, or the default.
+    pub fn per_pod(&self) -> usize {
+        self.max_connections_per_pod.unwrap_or((self.max_connections / 2).clamp(1, 4_096))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: 100_000, max_connections_per_endpoint: 10_000 }
+        Self {
+            max_connections: 100_000,
+            max_connections_per_pod: None,
+            max_connections_per_endpoint: 10_000,
+        }
+    }
+}
+
+/// How many entries the kernel's maps hold. Read at start (a change takes effect at
+/// the next start, when the maps are made anew); a config that would not fit is
+/// refused as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacity {
+    /// Service VIP:port pairs the kernel steers.
+    pub services: u32,
+    /// Enrolled network namespaces (Pods).
+    pub pods: u32,
+    /// Connects between a Pod's `connect()` and the agent's `accept()` (each of the
+    /// two original-destination maps; least recently used entries are dropped first).
+    pub pending_connects: u32,
+    /// Sockets of accelerated connections (two per connection, with `--accel on`).
+    pub accelerated_sockets: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        use proxy_common::map_sizes;
+        Self {
+            services: map_sizes::VIPS,
+            pods: map_sizes::ENROLLED,
+            pending_connects: map_sizes::ORIG_DST,
+            accelerated_sockets: map_sizes::SOCKS,
+        }
+    }
+}
+
+impl Capacity {
+    /// The largest capacity accepted for any map.
+    pub const MAX: u32 = 1 << 22;
+
+    /// Each map's name in the config and metrics, and its capacity.
+    pub fn named(&self) -> [(&'static str, u32); 4] {
+        [
+            ("services", self.services),
+            ("pods", self.pods),
+            ("pending_connects", self.pending_connects),
+            ("accelerated_sockets", self.accelerated_sockets),
+        ]
     }
 }
 
@@ -138,13 +200,13 @@ pub enum TcpMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {source}")]
+    #[error("config file {path} is not valid")]
     Parse {
         path: PathBuf,
         #[source]
@@ -152,6 +214,16 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {field}: {problem}")]
     Invalid { path: PathBuf, field: String, problem: String },
+    #[error("config file {path} is empty; a node with nothing configured says `services: []`")]
+    Empty { path: PathBuf },
+}
+
+/// The top-level keys a config file sets, to tell `services: []` from no `services`.
+pub fn keys(text: &str) -> Vec<String> {
+    let Ok(serde_yaml_ng::Value::Mapping(map)) = serde_yaml_ng::from_str(text) else {
+        return Vec::new();
+    };
+    map.keys().filter_map(|k| k.as_str().map(str::to_string)).collect()
 }
 
 impl Config {
@@ -192,15 +264,22 @@ impl Config {
             listen6: None,
             admin: default_admin(),
             limits: Limits::default(),
+            capacity: Capacity::default(),
             enroll: Enroll::default(),
             services: Vec::new(),
         }
     }
 
-    /// Parses and validates `text`; `path` only names the file in errors.
+    /// Parses and validates `text`; `path` only names the file in errors. An empty
+    /// file (an editor that truncated it before writing) is not a config.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml_ng::from_str(text)
-            .map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let parse = |source| ConfigError::Parse { path: path.into(), source };
+        let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(parse)?;
+        if document.is_null() {
+            return Err(ConfigError::Empty { path: path.into() });
+        }
+        // From the text again, not the value: serde_yaml_ng's errors then say where.
+        let config: Config = serde_yaml_ng::from_str(text).map_err(parse)?;
         config.validate().map_err(|(field, problem)| ConfigError::Invalid {
             path: path.into(),
             field,

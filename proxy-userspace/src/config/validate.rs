@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use super::Config;
+use super::{Capacity, Config};
 
 /// A field path (`services[1].vip`) and what is wrong with it.
 pub type Problem = (String, String);
@@ -39,6 +39,27 @@ impl super::ServiceConfig {
     }
 }
 
+impl Capacity {
+    /// Whether `services` VIPs and `pods` namespaces fit the kernel's maps; the
+    /// problem names the limit to raise.
+    pub fn fits(&self, services: usize, pods: usize) -> Result<(), Problem> {
+        for (name, wanted, room) in
+            [("services", services, self.services), ("pods", pods, self.pods)]
+        {
+            if wanted > room as usize {
+                return Err((
+                    format!("capacity.{name}"),
+                    format!(
+                        "{wanted} {name} do not fit the kernel map of {room}; raise \
+                         capacity.{name} (takes effect when the agent restarts)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub(super) fn validate(&self) -> Result<(), Problem> {
         let problem = |field: &str, text: String| Err((field.to_string(), text));
@@ -59,8 +80,29 @@ impl Config {
         if self.limits.max_connections == 0 {
             return problem("limits.max_connections", "must be at least 1".into());
         }
+        if self
+            .limits
+            .max_connections_per_pod
+            .is_some_and(|n| n == 0 || n > self.limits.max_connections)
+        {
+            return problem(
+                "limits.max_connections_per_pod",
+                "must be between 1 and limits.max_connections".into(),
+            );
+        }
         if self.limits.max_connections_per_endpoint == 0 {
             return problem("limits.max_connections_per_endpoint", "must be at least 1".into());
+        }
+        for (name, value) in self.capacity.named() {
+            if value == 0 || value > Capacity::MAX {
+                return problem(
+                    &format!("capacity.{name}"),
+                    format!("{value} must be between 1 and {}", Capacity::MAX),
+                );
+            }
+        }
+        if let Err(why) = self.capacity.fits(self.services.len(), self.enroll.netns.len()) {
+            return Err(why);
         }
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
@@ -103,6 +145,18 @@ impl Config {
                         format!("{endpoint} is not a reachable address and port"),
                     );
                 }
+                if self.proxy_addrs().contains(endpoint) || *endpoint == self.admin {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is the agent's own address, not a backend"),
+                    );
+                }
+                if let Some(k) = self.services.iter().position(|s| s.vip == *endpoint) {
+                    return problem(
+                        &format!("services[{i}].endpoints[{j}]"),
+                        format!("{endpoint} is the VIP of services[{k}], not a backend"),
+                    );
+                }
                 if service.endpoints[..j].contains(endpoint) {
                     return problem(
                         &format!("services[{i}].endpoints[{j}]"),
@@ -126,7 +180,8 @@ mod tests {
     }
 
     fn problem(text: &str) -> String {
-        parse(text).expect_err("the config should be rejected").to_string()
+        let err = parse(text).expect_err("the config should be rejected");
+        crate::Chain(&err).to_string()
     }
 
     #[test]
@@ -158,10 +213,16 @@ mod tests {
     #[test]
     fn connection_limits_have_safe_defaults_and_refuse_zero() {
         let limits = parse("{}").unwrap().limits;
-        assert_eq!(
-            (limits.max_connections, limits.max_connections_per_endpoint),
-            (100_000, 10_000)
+        assert_eq!((limits.max_connections, limits.per_pod()), (100_000, 4_096));
+        let small = parse("limits:\n  max_connections: 10\n").unwrap().limits;
+        assert_eq!(small.per_pod(), 5, "by default half of a small global cap");
+        let set = parse("limits:\n  max_connections: 10\n  max_connections_per_pod: 8\n");
+        assert_eq!(set.unwrap().limits.per_pod(), 8, "a cap set is kept");
+        assert!(
+            problem("limits:\n  max_connections: 10\n  max_connections_per_pod: 11\n")
+                .contains("limits.max_connections_per_pod")
         );
+        assert_eq!(limits.max_connections_per_endpoint, 10_000);
         let set = parse("limits:\n  max_connections: 5\n").unwrap().limits;
         assert_eq!((set.max_connections, set.max_connections_per_endpoint), (5, 10_000));
         assert!(problem("limits:\n  max_connections: 0\n").contains("limits.max_connections"));
@@ -195,6 +256,15 @@ mod tests {
                 .contains("services[0].endpoints[1]: 10.0.0.1:80 is listed twice")
         );
         assert!(problem(&svc("  endpoints: [0.0.0.0:80]\n")).contains("services[0].endpoints[0]"));
+        assert!(
+            problem(&svc("  endpoints: [169.254.77.1:15001]\n")).contains(
+                "services[0].endpoints[0]: 169.254.77.1:15001 is the agent's own address"
+            )
+        );
+        assert!(
+            problem(&svc("  endpoints: [10.96.0.1:80]\n"))
+                .contains("10.96.0.1:80 is the VIP of services[0]")
+        );
     }
 
     #[test]

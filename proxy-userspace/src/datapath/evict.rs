@@ -8,7 +8,6 @@ use std::{
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     os::fd::OwnedFd,
-    path::Path,
 };
 
 use crate::sys;
@@ -26,15 +25,14 @@ const SOCKID: usize = 48;
 /// Every TCP state but LISTEN.
 const STATES: u32 = 0xfff & !(1 << 10);
 
-/// Destroys every TCP socket in the network namespace at `netns` whose peer is `dst`.
-/// Returns how many it destroyed. Runs on a short-lived thread, because entering a
-/// namespace moves the calling thread.
-pub fn destroy_connections_to(netns: &Path, dst: SocketAddr) -> io::Result<usize> {
-    let ns = File::open(netns)?;
+/// Destroys every TCP socket in the network namespace `ns` is open on whose peer is
+/// `dst`. Returns how many it destroyed. Runs on a short-lived thread, because entering
+/// a namespace moves the calling thread.
+pub fn destroy_connections_to(ns: &File, dst: SocketAddr) -> io::Result<usize> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                sys::enter_netns(&ns)?;
+                sys::enter_netns(ns)?;
                 let socket = sys::sock_diag_socket()?;
                 let mut destroyed = 0;
                 for family in [libc::AF_INET, libc::AF_INET6] {
@@ -176,9 +174,8 @@ mod tests {
         let _accepted: Vec<_> = (0..2).map(|_| a.accept().unwrap()).collect();
         let _accepted_b = b.accept().unwrap();
 
-        let destroyed =
-            destroy_connections_to(Path::new("/proc/self/ns/net"), a.local_addr().unwrap())
-                .unwrap();
+        let own = File::open("/proc/self/ns/net").unwrap();
+        let destroyed = destroy_connections_to(&own, a.local_addr().unwrap()).unwrap();
         assert_eq!(destroyed, 2);
         for stream in &mut to_a {
             let err = stream.read(&mut [0; 1]).expect_err("destroyed");

@@ -7,7 +7,7 @@ use std::{
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
     time::Instant,
 };
 
@@ -20,8 +20,9 @@ use aya::{
     },
 };
 use proxy_common::{
-    AgentState, Counter, FourTuple, SockAddr,
+    AgentState, Counter, FourTuple, OrigDst, SockAddr,
     agent::HEARTBEAT_MAX_AGE_NS,
+    enrolled,
     lb::{BackendSlot, ConnectStats, LbService, Rewrite},
     listener_slot, map_names, map_sizes,
 };
@@ -29,11 +30,11 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{
-    Datapath, DatapathError, KernelConnects, KernelFailure,
+    Datapath, DatapathError, KernelConnects, KernelFailure, MapUsage,
     lb_maps::{LbMaps, failure_pump},
-    mounts::require_bpffs,
+    mounts::{require_bpffs, require_cgroup2},
 };
-use crate::sys;
+use crate::{config::Capacity, sys};
 
 /// The object built from `proxy-ebpf` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
@@ -53,17 +54,25 @@ pub struct KernelOptions {
     pub kernel_debug_log: bool,
     /// Move Pod↔agent bytes socket to socket (sockmap and sk_msg).
     pub accel: bool,
+    /// How many entries the sized maps hold.
+    pub capacity: Capacity,
 }
 
 pub struct Kernel {
-    ebpf: Ebpf,
-    links: Vec<PinnedLink>,
+    /// The loaded programs (and the maps not taken out), alive as long as the agent.
+    _ebpf: Ebpf,
+    /// The attachments; taken out when the agent detaches or leaves.
+    links: Mutex<Vec<PinnedLink>>,
     pin_dir: PathBuf,
-    state: AgentState,
+    /// The agent's state as the kernel reads it; the heartbeat and the flags change.
+    state: Mutex<AgentState>,
+    capacity: Capacity,
+    /// Entries the agent put in the VIP and enrolled maps.
+    filled: Mutex<(usize, usize)>,
     enrolled: Mutex<HashMap<MapData, u64, u8>>,
     vips: Mutex<HashMap<MapData, SockAddr, u8>>,
     agent: Mutex<Array<MapData, AgentState>>,
-    orig_dst: Mutex<HashMap<MapData, FourTuple, SockAddr>>,
+    orig_dst: Mutex<HashMap<MapData, FourTuple, OrigDst>>,
     counters: PerCpuArray<MapData, u64>,
     listeners: Mutex<SockMap<MapData>>,
     lb: Mutex<LbMaps>,
@@ -78,9 +87,18 @@ impl Kernel {
     /// and its programs are replaced by this build's without a moment unattached.
     ///
     /// [`beat`]: Datapath::beat
+    ///
+    /// On an error, what this call pinned is removed again (a directory a previous
+    /// agent left is left for the next one).
     pub fn load(options: &KernelOptions) -> Result<Self, DatapathError> {
-        prepare_pin_dir(&options.pin_dir)?;
-        Self::load_pinned(options)
+        require_cgroup2(&options.cgroup)?;
+        let created = !options.pin_dir.exists();
+        prepare_pin_dir(&options.pin_dir, &options.capacity)?;
+        Self::load_pinned(options).inspect_err(|_| {
+            if created && let Err(err) = remove_pin_dir(&options.pin_dir) {
+                warn!("cannot remove {}: {}", options.pin_dir.display(), crate::Chain(&err));
+            }
+        })
     }
 
     fn load_pinned(options: &KernelOptions) -> Result<Self, DatapathError> {
@@ -89,11 +107,12 @@ impl Kernel {
         let cgroup = File::open(&options.cgroup).map_err(DatapathError::io(&options.cgroup))?;
 
         let level: u8 = if options.kernel_debug_log { 4 } else { 2 }; // aya-log: debug / warn
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .override_global("AYA_LOG_LEVEL", &level, false)
-            .load(OBJECT)
-            .map_err(DatapathError::program("loading the object"))?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir).override_global("AYA_LOG_LEVEL", &level, false);
+        for (name, (_, _, entries)) in map_shapes(&options.capacity) {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(DatapathError::program("loading the object"))?;
         start_log_pump(&mut ebpf);
 
         let mut links = Vec::new();
@@ -112,6 +131,8 @@ impl Kernel {
             reserved: 0,
         };
         let kernel = Self {
+            capacity: options.capacity,
+            filled: Mutex::default(),
             enrolled: Mutex::new(take_map(&mut ebpf, map_names::ENROLLED)?),
             vips: Mutex::new(take_map(&mut ebpf, map_names::VIPS)?),
             agent: Mutex::new(take_map(&mut ebpf, map_names::AGENT)?),
@@ -124,10 +145,10 @@ impl Kernel {
                 take_map(&mut ebpf, map_names::LB_CONNECTS)?,
             )),
             failures: Mutex::new(failure_pump(&mut ebpf)),
-            ebpf,
-            links,
+            _ebpf: ebpf,
+            links: Mutex::new(links),
             pin_dir: pin_dir.clone(),
-            state,
+            state: Mutex::new(state),
         };
         info!(
             cgroup = %options.cgroup.display(),
@@ -143,7 +164,7 @@ impl Kernel {
     /// only while the listener of their family is open, so the moment this process
     /// dies (its sockets close) Pods take the DNAT path again.
     pub fn publish_listeners(&self, listeners: &[TcpListener]) -> Result<(), DatapathError> {
-        let mut map = self.listeners.lock().unwrap();
+        let mut map = lock(&self.listeners);
         for listener in listeners {
             let addr = listener.local_addr().map_err(DatapathError::io(map_names::LISTENERS))?;
             let slot = if addr.is_ipv4() { listener_slot::V4 } else { listener_slot::V6 };
@@ -152,53 +173,108 @@ impl Kernel {
         Ok(())
     }
 
-    /// Detaches the programs and removes every pin: the kernel forgets sockeye.
-    pub fn shutdown(self) -> Result<(), DatapathError> {
-        let Self { links, pin_dir, ebpf, .. } = self;
-        for link in links {
-            // Unpinning and dropping the last descriptor detaches the program.
-            link.unpin().map_err(DatapathError::io(&pin_dir))?;
+    /// Takes the listeners out of the kernel's view: new connects take kube-proxy's path
+    /// at once, while connections already steered here are still served.
+    pub fn withdraw_listeners(&self) -> Result<(), DatapathError> {
+        let mut map = lock(&self.listeners);
+        for slot in [listener_slot::V4, listener_slot::V6] {
+            match map.clear_index(&slot) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(DatapathError::map(map_names::LISTENERS)(err)),
+            }
         }
-        drop(ebpf);
-        remove_pins(&pin_dir)?;
-        std::fs::remove_dir(&pin_dir).map_err(DatapathError::io(&pin_dir))?;
-        info!(pins = %pin_dir.display(), "kernel programs detached and unpinned");
         Ok(())
     }
 
+    /// Detaches the programs and removes every pin: the kernel forgets sockeye. Other
+    /// holders of the kernel may still run; the programs are gone regardless.
+    pub fn detach(&self) -> Result<(), DatapathError> {
+        let links = std::mem::take(&mut *lock(&self.links));
+        let mut first_error = None;
+        for link in links {
+            // Unpinning and dropping the last descriptor detaches the program.
+            if let Err(err) = link.unpin() {
+                first_error.get_or_insert(DatapathError::io(&self.pin_dir)(err));
+            }
+        }
+        remove_pin_dir(&self.pin_dir)?;
+        info!(pins = %self.pin_dir.display(), "kernel programs detached and unpinned");
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Leaves programs and maps pinned for the successor that adopted them.
-    pub fn leave(self) {
+    pub fn leave(&self) {
+        drop(std::mem::take(&mut *lock(&self.links)));
         info!(pins = %self.pin_dir.display(), "kernel programs and maps left to the successor");
     }
 }
 
 impl Datapath for Kernel {
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
     fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError> {
-        reconcile(&mut self.enrolled.lock().unwrap(), cookies, map_names::ENROLLED)
+        reconcile(&mut lock(&self.enrolled), cookies, enrolled::STEER, map_names::ENROLLED)?;
+        lock(&self.filled).1 = cookies.len();
+        Ok(())
+    }
+
+    fn set_netns_full(&self, cookie: u64, full: bool) -> Result<(), DatapathError> {
+        let mut map = lock(&self.enrolled);
+        if map.get(&cookie, 0).is_err() {
+            return Ok(()); // no longer enrolled
+        }
+        let value = if full { enrolled::FULL } else { enrolled::STEER };
+        // Only the agent writes this map, under this lock: the entry is still there.
+        map.insert(cookie, value, 0).map_err(DatapathError::map(map_names::ENROLLED))
     }
 
     fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError> {
         let vips = vips.iter().map(|vip| SockAddr::from(*vip)).collect();
-        reconcile(&mut self.vips.lock().unwrap(), &vips, map_names::VIPS)
+        reconcile(&mut lock(&self.vips), &vips, 1, map_names::VIPS)?;
+        lock(&self.filled).0 = vips.len();
+        Ok(())
+    }
+
+    fn usage(&self) -> Vec<MapUsage> {
+        let (services, pods) = *lock(&self.filled);
+        MapUsage::of(&self.capacity, services, pods)
+    }
+
+    fn full(&self) -> bool {
+        lock(&self.state).full()
+    }
+
+    fn set_full(&self, full: bool) -> Result<(), DatapathError> {
+        let mut state = lock(&self.state);
+        if state.full() == full {
+            return Ok(());
+        }
+        state.flags =
+            if full { state.flags | AgentState::FULL } else { state.flags & !AgentState::FULL };
+        // Tell the kernel now, not at the next beat.
+        lock(&self.agent).set(0, *state, 0).map_err(DatapathError::map(map_names::AGENT))
     }
 
     fn beat(&self) -> Result<(), DatapathError> {
-        let state = AgentState { heartbeat_ns: sys::monotonic_ns(), ..self.state };
-        self.agent.lock().unwrap().set(0, state, 0).map_err(DatapathError::map(map_names::AGENT))
+        let mut state = lock(&self.state);
+        state.heartbeat_ns = sys::monotonic_ns();
+        lock(&self.agent).set(0, *state, 0).map_err(DatapathError::map(map_names::AGENT))
     }
 
     fn take_orig_dst(
         &self,
         client: SocketAddr,
         local: SocketAddr,
-    ) -> Result<Option<SocketAddr>, DatapathError> {
+    ) -> Result<Option<OrigDst>, DatapathError> {
         let key = FourTuple { src: SockAddr::from(client), dst: SockAddr::from(local) };
-        let mut map = self.orig_dst.lock().unwrap();
+        let mut map = lock(&self.orig_dst);
         match map.get(&key, 0) {
-            Ok(dst) => {
+            Ok(orig) => {
                 // The LRU would reclaim it anyway; removing keeps the map small.
                 let _ = map.remove(&key);
-                Ok(Some(dst.into()))
+                Ok(Some(orig))
             }
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(err) => Err(DatapathError::map(map_names::ORIG_BY_TUPLE)(err)),
@@ -222,15 +298,15 @@ impl Datapath for Kernel {
         &self,
         services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
     ) -> Result<(), DatapathError> {
-        self.lb.lock().unwrap().set(services)
+        lock(&self.lb).set(services)
     }
 
     fn take_kernel_failures(&self) -> Option<tokio::sync::mpsc::Receiver<KernelFailure>> {
-        self.failures.lock().unwrap().take()
+        lock(&self.failures).take()
     }
 
     fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {
-        let totals = self.lb.lock().unwrap().connects()?;
+        let totals = lock(&self.lb).connects()?;
         Ok(totals
             .into_iter()
             .map(|(key, stats)| ((key.vip.into(), key.to.into()), stats))
@@ -285,7 +361,10 @@ fn accelerate(ebpf: &mut Ebpf) -> bool {
     match attached {
         Ok(()) => true,
         Err(err) => {
-            warn!("socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {err}");
+            warn!(
+                "socket acceleration is unavailable, Pod↔agent bytes take plain TCP: {}",
+                crate::Chain(&err)
+            );
             false
         }
     }
@@ -302,10 +381,11 @@ where
     T::try_from(map).map_err(DatapathError::map(name))
 }
 
-/// Makes the keys of `map` exactly `want` (values are always 1).
+/// Makes the keys of `map` exactly `want`; new keys get `value`, kept ones keep theirs.
 fn reconcile<K: aya::Pod + Ord>(
     map: &mut HashMap<MapData, K, u8>,
     want: &BTreeSet<K>,
+    value: u8,
     name: &str,
 ) -> Result<(), DatapathError> {
     let have: BTreeSet<K> = map.keys().filter_map(Result::ok).collect();
@@ -313,7 +393,7 @@ fn reconcile<K: aya::Pod + Ord>(
         map.remove(stale).map_err(DatapathError::map(name))?;
     }
     for new in want.difference(&have) {
-        map.insert(new, 1, 0).map_err(DatapathError::map(name))?;
+        map.insert(new, value, 0).map_err(DatapathError::map(name))?;
     }
     debug!(map = name, entries = want.len(), "map reconciled");
     Ok(())
@@ -322,12 +402,11 @@ fn reconcile<K: aya::Pod + Ord>(
 /// Creates the pin directory, or finds what a previous agent left there. A pinned map
 /// whose shape differs from this build's (an upgrade that changed it) is removed, to
 /// be made anew; the others are reused as they are.
-fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
-    let parent = dir.parent().unwrap_or(dir);
-    require_bpffs(parent)?;
+fn prepare_pin_dir(dir: &Path, capacity: &Capacity) -> Result<(), DatapathError> {
+    require_bpffs(dir)?;
     std::fs::create_dir_all(dir).map_err(DatapathError::io(dir))?;
     let mut adopted = 0;
-    for (name, shape) in map_shapes() {
+    for (name, shape) in map_shapes(capacity) {
         let path = dir.join(name);
         if !path.exists() {
             continue;
@@ -347,27 +426,40 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), DatapathError> {
     Ok(())
 }
 
-/// Key size, value size and capacity of each pinned map, as this build defines them.
-fn map_shapes() -> [(&'static str, (u32, u32, u32)); 13] {
+/// Key size, value size and capacity of each pinned map, as this build and `capacity`
+/// define them.
+fn map_shapes(capacity: &Capacity) -> [(&'static str, (u32, u32, u32)); 13] {
     const fn size<T>() -> u32 {
         std::mem::size_of::<T>() as u32
     }
-    use map_sizes as n;
+    let c = capacity;
     [
-        (map_names::ENROLLED, (size::<u64>(), size::<u8>(), n::ENROLLED)),
-        (map_names::VIPS, (size::<SockAddr>(), size::<u8>(), n::VIPS)),
+        (map_names::ENROLLED, (size::<u64>(), size::<u8>(), c.pods)),
+        (map_names::VIPS, (size::<SockAddr>(), size::<u8>(), c.services)),
         (map_names::AGENT, (size::<u32>(), size::<AgentState>(), 1)),
-        (map_names::ORIG_BY_COOKIE, (size::<u64>(), size::<SockAddr>(), n::ORIG_BY_COOKIE)),
-        (map_names::ORIG_BY_TUPLE, (size::<FourTuple>(), size::<SockAddr>(), n::ORIG_BY_TUPLE)),
-        (map_names::SOCKS, (size::<FourTuple>(), size::<u32>(), n::SOCKS)),
-        (map_names::NO_ACCEL, (size::<FourTuple>(), size::<u8>(), n::NO_ACCEL)),
-        (map_names::LISTENERS, (size::<u32>(), size::<u32>(), n::LISTENERS)),
+        (map_names::ORIG_BY_COOKIE, (size::<u64>(), size::<OrigDst>(), c.pending_connects)),
+        (map_names::ORIG_BY_TUPLE, (size::<FourTuple>(), size::<OrigDst>(), c.pending_connects)),
+        (map_names::SOCKS, (size::<FourTuple>(), size::<u32>(), c.accelerated_sockets)),
+        (map_names::NO_ACCEL, (size::<FourTuple>(), size::<u8>(), map_sizes::NO_ACCEL)),
+        (map_names::LISTENERS, (size::<u32>(), size::<u32>(), map_sizes::LISTENERS)),
         (map_names::COUNTERS, (size::<u32>(), size::<u64>(), Counter::SLOTS)),
-        (map_names::LB_SERVICES, (size::<SockAddr>(), size::<LbService>(), n::LB_SERVICES)),
-        (map_names::LB_BACKENDS, (size::<BackendSlot>(), size::<SockAddr>(), n::LB_BACKENDS)),
-        (map_names::LB_CONNECTS, (size::<Rewrite>(), size::<ConnectStats>(), n::LB_CONNECTS)),
-        (map_names::REWRITES, (size::<u64>(), size::<Rewrite>(), n::REWRITES)),
+        // A kernel-mode VIP is a VIP.
+        (map_names::LB_SERVICES, (size::<SockAddr>(), size::<LbService>(), c.services)),
+        (
+            map_names::LB_BACKENDS,
+            (size::<BackendSlot>(), size::<SockAddr>(), map_sizes::LB_BACKENDS),
+        ),
+        (
+            map_names::LB_CONNECTS,
+            (size::<Rewrite>(), size::<ConnectStats>(), map_sizes::LB_CONNECTS),
+        ),
+        (map_names::REWRITES, (size::<u64>(), size::<Rewrite>(), map_sizes::REWRITES)),
     ]
+}
+
+/// Locks `mutex`; a holder that panicked left nothing half-written that matters here.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Pins `link` at `path`, where a previous agent's link to the same program may be:
@@ -382,14 +474,18 @@ fn replace_pinned_link(link: FdLink, path: &Path) -> Result<PinnedLink, Datapath
     link.pin(path).map_err(DatapathError::program(format!("pinning {}", path.display())))
 }
 
-fn remove_pins(dir: &Path) -> Result<usize, DatapathError> {
-    let mut removed = 0;
-    for entry in std::fs::read_dir(dir).map_err(DatapathError::io(dir))? {
+/// Removes the pin directory and every pin in it; a directory already gone is fine.
+pub fn remove_pin_dir(dir: &Path) -> Result<(), DatapathError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(DatapathError::io(dir)(err)),
+    };
+    for entry in entries {
         let path = entry.map_err(DatapathError::io(dir))?.path();
         std::fs::remove_file(&path).map_err(DatapathError::io(&path))?;
-        removed += 1;
     }
-    Ok(removed)
+    std::fs::remove_dir(dir).map_err(DatapathError::io(dir))
 }
 
 /// Reads kernel-log records of the programs and forwards them to `log` (and from there

@@ -15,18 +15,41 @@ pub fn cgroup2_root() -> Result<PathBuf, DatapathError> {
     })
 }
 
-/// Fails unless `dir` lies on a mounted bpf filesystem.
+/// `statfs` magic numbers (linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+
+/// Fails unless `dir` (or, while it does not exist, its nearest existing parent) is on
+/// a bpf filesystem. The filesystem itself is asked, so `..` cannot climb out of it.
 pub fn require_bpffs(dir: &Path) -> Result<(), DatapathError> {
-    let on_bpffs = mount_points("bpf")?.iter().any(|mount| dir.starts_with(mount));
-    if on_bpffs {
-        return Ok(());
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+    match crate::sys::fs_type(existing) {
+        Ok(BPF_FS_MAGIC) => Ok(()),
+        Ok(_) => Err(DatapathError::Flag {
+            flag: "--bpffs",
+            path: dir.into(),
+            problem: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` \
+                      or pass a directory on one"
+                .into(),
+        }),
+        Err(err) => Err(DatapathError::Flag {
+            flag: "--bpffs",
+            path: dir.into(),
+            problem: format!("cannot tell its filesystem: {err}"),
+        }),
     }
-    Err(DatapathError::Setup {
-        path: dir.into(),
-        problem: "not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` \
-                  or pass --bpffs with a directory on one"
-            .into(),
-    })
+}
+
+/// Fails unless `dir` is a directory of the cgroup v2 hierarchy.
+pub fn require_cgroup2(dir: &Path) -> Result<(), DatapathError> {
+    let problem = match crate::sys::fs_type(dir) {
+        Ok(CGROUP2_SUPER_MAGIC) if dir.is_dir() => return Ok(()),
+        Ok(_) => "not a cgroup v2 directory; pass one under the cgroup2 mount (see \
+                  /proc/mounts), or leave --cgroup out to use its root"
+            .to_string(),
+        Err(err) => format!("{err}; pass an existing cgroup v2 directory"),
+    };
+    Err(DatapathError::Flag { flag: "--cgroup", path: dir.into(), problem })
 }
 
 fn mount_points(fs_type: &str) -> Result<Vec<PathBuf>, DatapathError> {

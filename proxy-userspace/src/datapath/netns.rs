@@ -9,11 +9,15 @@ use crate::sys;
 /// `/proc/PID/ns/net`). Runs on a short-lived thread, because entering a namespace
 /// moves the calling thread.
 pub fn cookie(path: &Path) -> io::Result<u64> {
-    let ns = File::open(path)?;
+    cookie_of(&File::open(path)?)
+}
+
+/// The cookie of the network namespace `ns` is open on; EINVAL if it is not one.
+pub fn cookie_of(ns: &File) -> io::Result<u64> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                sys::enter_netns(&ns)?;
+                sys::enter_netns(ns)?;
                 sys::own_netns_cookie()
             })
             .join()

@@ -6,18 +6,24 @@ use std::{
     sync::Mutex,
 };
 
-use proxy_common::Counter;
+use proxy_common::{Counter, OrigDst, SockAddr};
 use tokio::sync::mpsc;
 
-use super::{Datapath, DatapathError, KernelConnects, KernelFailure};
+use super::{Datapath, DatapathError, KernelConnects, KernelFailure, MapUsage};
+use crate::config::Capacity;
 
 #[derive(Default)]
 pub struct Recorder {
+    pub capacity: Capacity,
     pub enrolled: Mutex<BTreeSet<u64>>,
+    /// Enrolled namespaces marked at their connection cap.
+    pub full_netns: Mutex<BTreeSet<u64>>,
     pub vips: Mutex<BTreeSet<SocketAddr>>,
+    pub full: Mutex<bool>,
     pub beats: Mutex<u64>,
-    /// What `take_orig_dst` answers, keyed by client address.
-    pub orig_dst: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    /// What `take_orig_dst` answers, keyed by client address: the original
+    /// destination and the client's namespace cookie.
+    pub orig_dst: Mutex<HashMap<SocketAddr, (SocketAddr, u64)>>,
     /// The VIPs in kernel mode and their endpoints, as last set.
     pub kernel_services: Mutex<BTreeMap<SocketAddr, Vec<SocketAddr>>>,
     /// What `kernel_connects` answers.
@@ -27,13 +33,33 @@ pub struct Recorder {
 }
 
 impl Datapath for Recorder {
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
     fn set_enrolled(&self, cookies: &BTreeSet<u64>) -> Result<(), DatapathError> {
         *self.enrolled.lock().unwrap() = cookies.clone();
+        self.full_netns.lock().unwrap().retain(|c| cookies.contains(c));
+        Ok(())
+    }
+
+    fn set_netns_full(&self, cookie: u64, full: bool) -> Result<(), DatapathError> {
+        let mut marked = self.full_netns.lock().unwrap();
+        if full && self.enrolled.lock().unwrap().contains(&cookie) {
+            marked.insert(cookie);
+        } else {
+            marked.remove(&cookie);
+        }
         Ok(())
     }
 
     fn set_vips(&self, vips: &BTreeSet<SocketAddr>) -> Result<(), DatapathError> {
         *self.vips.lock().unwrap() = vips.clone();
+        Ok(())
+    }
+
+    fn set_full(&self, full: bool) -> Result<(), DatapathError> {
+        *self.full.lock().unwrap() = full;
         Ok(())
     }
 
@@ -46,8 +72,18 @@ impl Datapath for Recorder {
         &self,
         client: SocketAddr,
         _local: SocketAddr,
-    ) -> Result<Option<SocketAddr>, DatapathError> {
-        Ok(self.orig_dst.lock().unwrap().remove(&client))
+    ) -> Result<Option<OrigDst>, DatapathError> {
+        let filed = self.orig_dst.lock().unwrap().remove(&client);
+        Ok(filed.map(|(dst, netns)| OrigDst { dst: SockAddr::from(dst), reserved: 0, netns }))
+    }
+
+    fn usage(&self) -> Vec<MapUsage> {
+        let (vips, pods) = (self.vips.lock().unwrap().len(), self.enrolled.lock().unwrap().len());
+        MapUsage::of(&self.capacity, vips, pods)
+    }
+
+    fn full(&self) -> bool {
+        *self.full.lock().unwrap()
     }
 
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {

@@ -17,8 +17,25 @@ pub struct Desired {
     /// Services without a VIP: not steered, but clients that connect straight to
     /// their endpoints have those connections evicted when an endpoint goes.
     pub headless: Vec<HeadlessService>,
-    /// Network namespace files (`/var/run/netns/x`, `/proc/PID/ns/net`) to enroll.
-    pub enroll: Vec<PathBuf>,
+    /// Network namespaces to enroll.
+    pub enroll: Vec<Enrollee>,
+}
+
+/// A network namespace to enroll, by the file that names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Enrollee {
+    /// `/var/run/netns/x` (followed: a namespace made again there is enrolled anew),
+    /// or `/proc/PID/ns/net` of a Pod's process.
+    pub path: PathBuf,
+    /// For a Pod's process: the Pod's UID, which the process's cgroup must still name
+    /// when its namespace is opened, so a PID reused by another process is refused.
+    pub pod_uid: Option<String>,
+}
+
+impl Enrollee {
+    pub fn path(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), pod_uid: None }
+    }
 }
 
 /// One service VIP (a ClusterIP and one of its ports) and its endpoints.
@@ -76,7 +93,7 @@ impl From<&Config> for Desired {
         Self {
             services: config.services.iter().map(DesiredService::from).collect(),
             headless: Vec::new(),
-            enroll: config.enroll.netns.clone(),
+            enroll: config.enroll.netns.iter().map(Enrollee::path).collect(),
         }
     }
 }
@@ -89,6 +106,18 @@ pub trait Discovery: Send + Sync + 'static {
     /// Resolves once the state is complete (for the API server: every kind listed).
     fn synced(&self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
+    }
+
+    /// Notified to re-read the source now (SIGHUP); `None` for a source that is
+    /// always current.
+    fn reloads(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// How many new versions of its source discovery has rejected so far (an invalid
+    /// config file), as it changes.
+    fn rejections(&self) -> watch::Receiver<u64> {
+        watch::channel(0).1
     }
 }
 

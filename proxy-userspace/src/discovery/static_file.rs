@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use super::{Desired, Discovery};
@@ -21,6 +21,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct StaticFile {
     rx: watch::Receiver<Arc<Desired>>,
+    reload: Arc<Notify>,
+    rejected: watch::Receiver<u64>,
 }
 
 impl StaticFile {
@@ -31,9 +33,16 @@ impl StaticFile {
         let text = read(path)?;
         let config = Config::parse(path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
-        let poller = Poller { path: path.to_owned(), first: config.clone(), last_text: text };
-        tokio::spawn(poller.run(tx, interval));
-        Ok((Self { rx }, config))
+        let poller = Poller {
+            path: path.to_owned(),
+            first: config.clone(),
+            current: config.clone(),
+            last_text: text,
+        };
+        let reload = Arc::new(Notify::new());
+        let (rejections, rejected) = watch::channel(0);
+        tokio::spawn(poller.run(tx, interval, reload.clone(), rejections));
+        Ok((Self { rx, reload, rejected }, config))
     }
 }
 
@@ -41,47 +50,79 @@ impl Discovery for StaticFile {
     fn watch(&self) -> watch::Receiver<Arc<Desired>> {
         self.rx.clone()
     }
+
+    fn reloads(&self) -> Option<Arc<Notify>> {
+        Some(self.reload.clone())
+    }
+
+    fn rejections(&self) -> watch::Receiver<u64> {
+        self.rejected.clone()
+    }
+}
+
+/// What one look at the file found.
+enum Checked {
+    Same,
+    Rejected,
+    New(Desired),
 }
 
 struct Poller {
     path: PathBuf,
     first: Config,
+    /// The last config taken.
+    current: Config,
     last_text: String,
 }
 
 impl Poller {
-    async fn run(mut self, tx: watch::Sender<Arc<Desired>>, interval: Duration) {
+    async fn run(
+        mut self,
+        tx: watch::Sender<Arc<Desired>>,
+        interval: Duration,
+        now: Arc<Notify>,
+        rejections: watch::Sender<u64>,
+    ) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !tx.is_closed() {
-            ticker.tick().await;
-            if let Some(desired) = self.check() {
-                tx.send_if_modified(|current| {
-                    let changed = **current != desired;
-                    *current = Arc::new(desired);
-                    changed
-                });
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = now.notified() => self.last_text.clear(),
+            }
+            match self.check() {
+                Checked::Same => {}
+                Checked::Rejected => rejections.send_modify(|n| *n += 1),
+                Checked::New(desired) => {
+                    tx.send_if_modified(|current| {
+                        let changed = **current != desired;
+                        *current = Arc::new(desired);
+                        changed
+                    });
+                }
             }
         }
     }
 
-    /// Reads the file; returns the new desired state if it changed and is valid.
-    fn check(&mut self) -> Option<Desired> {
+    /// Reads the file: the new desired state if it changed and is valid.
+    fn check(&mut self) -> Checked {
         let text = match read(&self.path) {
             Ok(text) => text,
             Err(err) => {
                 if !self.last_text.is_empty() {
-                    warn!("{err}; keeping the last good config");
+                    warn!("{}; keeping the last good config", crate::Chain(&err));
                 }
                 self.last_text.clear();
-                return None;
+                return Checked::Same;
             }
         };
         if text == self.last_text {
-            return None;
+            return Checked::Same;
         }
         self.last_text = text;
-        match Config::parse(&self.path, &self.last_text) {
+        let parsed =
+            Config::parse(&self.path, &self.last_text).map_err(|e| crate::Chain(&e).to_string());
+        match parsed.and_then(|config| self.not_emptied_by_accident(config)) {
             Ok(config) => {
                 self.warn_fixed_fields(&config);
                 info!(
@@ -90,19 +131,39 @@ impl Poller {
                     "config reloaded from {}",
                     self.path.display()
                 );
-                Some(Desired::from(&config))
+                let desired = Desired::from(&config);
+                self.current = config;
+                Checked::New(desired)
             }
-            Err(err) => {
-                error!("config reload rejected: {err}; keeping the last good config");
-                None
+            Err(problem) => {
+                error!("config reload rejected: {problem}; keeping the last good config");
+                Checked::Rejected
             }
         }
+    }
+
+    /// Refuses a new file that would drop every service without saying so: one
+    /// truncated before its `services` key.
+    fn not_emptied_by_accident(&self, new: Config) -> Result<Config, String> {
+        let had = !self.current.services.is_empty();
+        let says = crate::config::keys(&self.last_text).iter().any(|k| k == "services");
+        if had && new.services.is_empty() && !says {
+            return Err(format!(
+                "config file {}: no `services` key, which would remove every service (a \
+                 truncated file?); write `services: []` to mean that",
+                self.path.display()
+            ));
+        }
+        Ok(new)
     }
 
     fn warn_fixed_fields(&self, new: &Config) {
         let first = &self.first;
         if (new.listen, new.listen6, new.admin) != (first.listen, first.listen6, first.admin) {
             warn!("listen, listen6 and admin changes take effect only when the agent restarts");
+        }
+        if (new.limits, new.capacity) != (first.limits, first.capacity) {
+            warn!("limits and capacity changes take effect only when the agent restarts");
         }
     }
 }
@@ -168,10 +229,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_empty_or_truncated_file_keeps_the_config_and_an_explicit_empty_list_empties() {
+        let path = temp_file(ONE);
+        let (discovery, _) = StaticFile::start(&path, POLL_INTERVAL).unwrap();
+        let mut rx = discovery.watch();
+        let rejected = discovery.rejections();
+        for accident in ["", "# just a comment\n", "listen: 169.254.77.1:15001\n"] {
+            std::fs::write(&path, accident).unwrap();
+            next_poll().await;
+            assert!(!rx.has_changed().unwrap(), "{accident:?} must not replace the config");
+            assert_eq!(rx.borrow().services.len(), 1);
+        }
+        assert_eq!(*rejected.borrow(), 3, "each rejection counted");
+        std::fs::write(&path, "services: []\n").unwrap();
+        next_poll().await;
+        assert!(rx.has_changed().unwrap());
+        assert!(rx.borrow_and_update().services.is_empty(), "an explicit empty list empties");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_invalid_first_file_is_an_error() {
         let path = temp_file("listen: nowhere");
         let err = StaticFile::start(&path, POLL_INTERVAL).err().expect("rejected");
         assert!(err.to_string().contains("is not valid"), "{err}");
+        std::fs::write(&path, "\n").unwrap();
+        let err = StaticFile::start(&path, POLL_INTERVAL).err().expect("rejected");
+        assert!(err.to_string().contains("is empty"), "{err}");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -18,7 +18,8 @@ use tracing::{debug, warn};
 use crate::{
     config::{Protocol, TcpMode},
     datapath::{Datapath, KernelFailure},
-    discovery::Desired,
+    drain::DrainWatch,
+    enroll::Netns,
     eviction,
     metrics::Metrics,
     state::{Lifecycle, LocalOriginFailure, Outcome, Service, State, Transition},
@@ -49,14 +50,15 @@ pub fn tables(state: &State) -> BTreeMap<SocketAddr, Vec<SocketAddr>> {
     state.services().iter().filter(|s| in_kernel_mode(s)).map(|s| (s.vip, ready(s))).collect()
 }
 
-/// Keeps the kernel's tables in step with `state` until `stopping` says so (the agent
-/// stops serving, or hands the node to a successor, which keeps them from then on).
+/// Keeps the kernel's tables in step with `state` until the agent's connections drain
+/// (it stops serving, or hands the node to a successor, which keeps them from then
+/// on). `enrolled` are the namespaces whose connections to a dead endpoint it evicts.
 pub async fn run(
     state: Arc<State>,
     datapath: Arc<dyn Datapath>,
-    desired: watch::Receiver<Arc<Desired>>,
+    enrolled: watch::Receiver<Arc<[Arc<Netns>]>>,
     metrics: Arc<Metrics>,
-    mut stopping: watch::Receiver<bool>,
+    mut drain: DrainWatch,
 ) {
     let mut transitions = state.subscribe();
     let mut failures = datapath.take_kernel_failures();
@@ -67,14 +69,12 @@ pub async fn run(
     loop {
         sync.tables(&state, datapath.as_ref());
         tokio::select! {
-            changed = stopping.changed() => if changed.is_err() || *stopping.borrow() {
-                return;
-            },
+            () = drain.draining() => return,
             transition = transitions.recv() => match transition {
                 Ok(t) => {
                     let mut next = Some(t);
                     while let Some(t) = next {
-                        evict_if_dead(&t, &state, &desired, &metrics);
+                        evict_if_dead(&t, &state, &enrolled, &metrics);
                         next = transitions.try_recv().ok();
                     }
                 }
@@ -127,13 +127,13 @@ impl Sync {
 fn evict_if_dead(
     t: &Transition,
     state: &State,
-    desired: &watch::Receiver<Arc<Desired>>,
+    enrolled: &watch::Receiver<Arc<[Arc<Netns>]>>,
     metrics: &Arc<Metrics>,
 ) {
     if t.to != Lifecycle::Unhealthy || !state.lookup(&t.vip).is_some_and(|s| in_kernel_mode(&s)) {
         return;
     }
-    let netns = desired.borrow().enroll.clone();
+    let netns = enrolled.borrow().clone();
     let (service, addr, metrics) = (t.service.to_string(), t.addr, metrics.clone());
     tokio::spawn(async move { eviction::evict(netns, &service, addr, &metrics).await });
 }

@@ -10,7 +10,7 @@ use crate::{
     config::{Policy, policy::HealthPolicy},
     datapath::KernelFailure,
     datapath::Recorder,
-    discovery::{Condition, DesiredEndpoint, DesiredService, Fixed},
+    discovery::{Condition, DesiredEndpoint, DesiredService},
     health::Manual,
 };
 
@@ -42,7 +42,7 @@ struct Harness {
     recorder: Arc<Recorder>,
     /// Failed connects, as the kernel tells them.
     failures: mpsc::Sender<KernelFailure>,
-    stop: watch::Sender<bool>,
+    drain: crate::drain::Drain,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -52,16 +52,10 @@ fn start() -> Harness {
     let (failures, told) = mpsc::channel(16);
     *recorder.kernel_failures.lock().unwrap() = Some(told);
     let metrics = Metrics::new(recorder.clone(), state.clone());
-    let desired = Fixed(watch::Sender::new(Arc::new(Desired::default())));
-    let (stop, stopping) = watch::channel(false);
-    let task = tokio::spawn(run(
-        state.clone(),
-        recorder.clone(),
-        crate::discovery::Discovery::watch(&desired),
-        metrics,
-        stopping,
-    ));
-    Harness { state, recorder, failures, stop, task }
+    let (_, enrolled) = watch::channel(Arc::from([]));
+    let (drain, draining) = crate::drain::Drain::new();
+    let task = tokio::spawn(run(state.clone(), recorder.clone(), enrolled, metrics, draining));
+    Harness { state, recorder, failures, drain, task }
 }
 
 impl Harness {
@@ -100,7 +94,7 @@ async fn tables_hold_the_ready_endpoints_of_kernel_mode_services_only() {
     h.state.apply(&[service("kernel", VIP, TcpMode::Kernel, &[1, 3]), relayed]);
     h.tables_are(&[(VIP, &[1, 3])]).await;
 
-    h.stop.send(true).unwrap();
+    h.drain.start();
     tokio::time::timeout(Duration::from_secs(1), h.task).await.expect("stops").unwrap();
 }
 

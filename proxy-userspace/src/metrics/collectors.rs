@@ -14,7 +14,8 @@ use crate::{
     state::{Lifecycle, State},
 };
 
-/// `sockeye_kernel_events_total{event}`: what the kernel programs did.
+/// `sockeye_kernel_events_total{event}`: what the kernel programs did; how full the
+/// kernel maps are; whether the agent told the kernel it is full.
 pub struct KernelCounters(pub Arc<dyn Datapath>);
 
 impl std::fmt::Debug for KernelCounters {
@@ -39,6 +40,30 @@ impl Collector for KernelCounters {
             let labels = [("event", counter.name())];
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
+        let usage = self.0.usage();
+        for (name, help, value) in [
+            ("kernel_map_entries", "Entries the agent put in a kernel map", true),
+            ("kernel_map_capacity", "Capacity of a kernel map (config: capacity)", false),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for map in &usage {
+                let n = if value { map.entries as i64 } else { i64::from(map.capacity) };
+                ConstGauge::new(n).encode(family.encode_family(&[("map", map.map)])?)?;
+            }
+        }
+        let mut full = encoder.encode_descriptor(
+            "agent_full",
+            "1 while the agent has told the kernel it is full (new connects fail open)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        let no_labels: [(&str, &str); 0] = [];
+        ConstGauge::new(i64::from(self.0.full())).encode(full.encode_family(&no_labels)?)?;
         Ok(())
     }
 }

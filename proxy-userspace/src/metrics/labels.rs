@@ -85,6 +85,12 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

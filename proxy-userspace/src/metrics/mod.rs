@@ -22,8 +22,8 @@ use crate::{
 };
 pub use labels::OTHER;
 use labels::{
-    LimitLabel, ProtocolLabel, ServiceCode, ServiceLabel, ServiceNames, ServiceProtocol,
-    ServiceReason, ServiceState,
+    LimitLabel, ProtocolLabel, ResultLabel, ServiceCode, ServiceLabel, ServiceNames,
+    ServiceProtocol, ServiceReason, ServiceState,
 };
 
 /// Services with a label value of their own; the rest are counted as `other`.
@@ -48,6 +48,7 @@ pub struct Metrics {
     evictions: Family<ServiceLabel, Counter>,
     connections: Family<ProtocolLabel, Gauge>,
     limit_hits: Family<LimitLabel, Counter>,
+    config_updates: Family<ResultLabel, Counter>,
     latency: Family<ServiceLabel, Histogram>,
 }
 
@@ -67,6 +68,7 @@ impl Metrics {
             evictions: Family::default(),
             connections: Family::default(),
             limit_hits: Family::default(),
+            config_updates: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             names: names.clone(),
             registry: Registry::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             "connection_limit_hits",
             "Connections refused or sent elsewhere because a connection cap was reached",
             metrics.limit_hits.clone(),
+        );
+        r.register(
+            "config_updates",
+            "Desired states from discovery (config file or API), applied or rejected whole",
+            metrics.config_updates.clone(),
         );
         r.register_with_unit(
             "request_duration",
@@ -186,6 +193,12 @@ impl Metrics {
     /// Counts a connection refused (`global`) or sent elsewhere (`endpoint`) at a cap.
     pub fn limit_hit(&self, limit: &'static str) {
         self.limit_hits.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    /// Counts a desired state applied in full, or rejected (nothing of it applied).
+    pub fn config_update(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.config_updates.get_or_create(&ResultLabel { result }).inc();
     }
 
     /// Counts a downstream connection as open until the guard drops.

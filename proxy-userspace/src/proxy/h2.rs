@@ -1,25 +1,22 @@
 //! HTTP/2 from the client: the agent terminates the connection and balances each
-//! request (stream) on its own. On shutdown it sends GOAWAY and lets the requests in
-//! flight finish.
+//! request (stream) on its own. When the agent drains it sends GOAWAY and lets the
+//! requests in flight finish.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::watch,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::forward::forward;
-use crate::upstream::Balancer;
+use crate::{drain::DrainWatch, upstream::Balancer};
 
 /// Pings an idle client this often, and drops it if a ping goes unanswered this long.
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(10);
 const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve<S>(io: S, balancer: Arc<Balancer>, mut shutdown: watch::Receiver<bool>)
+pub async fn serve<S>(io: S, balancer: Arc<Balancer>, drain: DrainWatch)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -33,21 +30,20 @@ where
         .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
+    // Inline rather than through a generic helper: hyper's connection futures defeat
+    // the compiler's Send inference when passed by reference into another future.
+    let mut drain = drain;
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        _ = stopping(&mut shutdown) => {
+        () = drain.draining() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = drain.closing() => return,
+            }
         }
     };
     if let Err(err) = result {
         debug!("downstream h2 connection ended: {err}");
-    }
-}
-
-/// Resolves once the agent begins to shut down; never, if no one can tell it to.
-async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }

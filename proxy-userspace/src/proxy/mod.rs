@@ -3,6 +3,7 @@
 //! per request, anything else as opaque TCP. Anything the kernel did not redirect is
 //! refused: the listener is not an open proxy.
 
+mod admission;
 pub mod body;
 mod forward;
 pub mod grpc;
@@ -14,22 +15,19 @@ mod tcp;
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
+use admission::{Admission, Overflow, Ticket};
+
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::{
     config::{Limits, Protocol},
     datapath::{Datapath, DatapathError},
+    drain::DrainWatch,
     metrics::Metrics,
     state::{Service, State},
     upstream::Balancer,
@@ -43,11 +41,11 @@ pub struct Proxy {
     datapath: Arc<dyn Datapath>,
     state: Arc<State>,
     balancers: Mutex<HashMap<SocketAddr, Arc<Balancer>>>,
-    shutdown: watch::Receiver<bool>,
+    drain: DrainWatch,
     metrics: Arc<Metrics>,
     limits: Limits,
-    /// Downstream connections being served.
-    active: Arc<AtomicUsize>,
+    /// Downstream connections being served, against the caps.
+    admission: Arc<Admission>,
 }
 
 /// Why a connection was refused.
@@ -57,8 +55,8 @@ pub enum Refusal {
     NotRedirected,
     #[error("original destination {0} is not a known service")]
     UnknownService(SocketAddr),
-    #[error("{0} connections are open: limits.max_connections reached")]
-    AtLimit(usize),
+    #[error(transparent)]
+    Overflow(#[from] Overflow),
     #[error("cannot read the connection's addresses: {0}")]
     Socket(#[from] std::io::Error),
     #[error(transparent)]
@@ -66,24 +64,31 @@ pub enum Refusal {
 }
 
 impl Proxy {
-    /// A proxy; when `shutdown` turns true, HTTP/2 clients get GOAWAY and their
-    /// requests in flight finish.
+    /// A proxy whose connections follow `drain`: when it drains, HTTP/2 clients get
+    /// GOAWAY and HTTP/1.1 ones `Connection: close`, and their requests in flight
+    /// finish; when it closes, whatever is still open is dropped.
     pub fn new(
         datapath: Arc<dyn Datapath>,
         state: Arc<State>,
-        shutdown: watch::Receiver<bool>,
+        drain: DrainWatch,
         metrics: Arc<Metrics>,
         limits: Limits,
     ) -> Arc<Self> {
+        let admission = Admission::new(limits, datapath.clone(), metrics.clone());
         Arc::new(Self {
             datapath,
             state,
             balancers: Mutex::default(),
-            shutdown,
+            drain,
             metrics,
             limits,
-            active: Arc::default(),
+            admission,
         })
+    }
+
+    /// Downstream connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.admission.open()
     }
 
     /// Waits until no downstream connection is open, at most `limit`; returns how many
@@ -91,7 +96,7 @@ impl Proxy {
     pub async fn wait_idle(&self, limit: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let open = self.active.load(Ordering::Relaxed);
+            let open = self.admission.open();
             if open == 0 || tokio::time::Instant::now() >= deadline {
                 return open;
             }
@@ -101,24 +106,30 @@ impl Proxy {
 
     /// Accepts connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut spare = Spare::open();
         loop {
             let (stream, client) = match listener.accept().await {
                 Ok(accepted) => accepted,
+                Err(err) if is_out_of_descriptors(&err) => {
+                    // New connects fail open from now on; the one waiting is reset
+                    // rather than left hanging.
+                    self.admission.out_of_descriptors();
+                    spare.refuse_one(&listener).await;
+                    continue;
+                }
                 Err(err) => {
-                    // Out of descriptors or memory: wait rather than spin.
                     warn!("accept failed: {err}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
             match self.route(&stream, client) {
-                Ok(service) => {
+                Ok((service, ticket)) => {
                     let balancer = self.balancer(service);
-                    let (shutdown, active) = (self.shutdown.clone(), self.active.clone());
-                    active.fetch_add(1, Ordering::Relaxed);
+                    let drain = self.drain.clone();
                     tokio::spawn(async move {
-                        serve_connection(stream, balancer, shutdown).await;
-                        active.fetch_sub(1, Ordering::Relaxed);
+                        serve_connection(stream, balancer, drain).await;
+                        drop(ticket);
                     });
                 }
                 Err(refusal) => {
@@ -129,18 +140,19 @@ impl Proxy {
         }
     }
 
-    /// The service the kernel steered this connection to, if the agent may serve one
-    /// more connection.
-    pub fn route(&self, stream: &TcpStream, client: SocketAddr) -> Result<Arc<Service>, Refusal> {
+    /// The service the kernel steered this connection to, and its place among the
+    /// connections the agent and its Pod hold.
+    pub fn route(
+        &self,
+        stream: &TcpStream,
+        client: SocketAddr,
+    ) -> Result<(Arc<Service>, Ticket), Refusal> {
         let local = stream.local_addr()?;
-        let dst = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
+        let orig = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
+        let dst = SocketAddr::from(orig.dst);
         let service = self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))?;
-        let open = self.active.load(Ordering::Relaxed);
-        if open >= self.limits.max_connections {
-            self.metrics.limit_hit("global");
-            return Err(Refusal::AtLimit(open));
-        }
-        Ok(service)
+        let ticket = self.admission.admit(orig.netns)?;
+        Ok((service, ticket))
     }
 
     /// The balancer of `service`, made anew when the service was replaced.
@@ -158,33 +170,46 @@ impl Proxy {
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
-    balancer: Arc<Balancer>,
-    shutdown: watch::Receiver<bool>,
-) {
+/// How long a connection served as opaque TCP for want of HTTP (a gRPC or HTTP
+/// service's client that sent something else, or nothing) may stay silent both ways.
+const FALLBACK_IDLE: Duration = Duration::from_secs(300);
+
+async fn serve_connection(mut stream: TcpStream, balancer: Arc<Balancer>, drain: DrainWatch) {
     let _ = stream.set_nodelay(true);
     let metrics = balancer.metrics.clone();
     if balancer.service.protocol == Protocol::Tcp {
         let _open = metrics.connection("tcp");
-        return tcp::forward(stream, balancer).await;
+        drain.until_closed(tcp::forward(stream, balancer, None)).await;
+        return;
     }
     let (protocol, seen) = sniff::sniff(&mut stream, SNIFF_PATIENCE).await;
+    if seen.is_empty() && !client_speaks(&stream).await {
+        return;
+    }
     let stream = sniff::Prefixed::new(seen, stream);
     match protocol {
         sniff::Protocol::H2 => {
             let _open = metrics.connection("h2");
-            h2::serve(stream, balancer, shutdown).await
+            h2::serve(stream, balancer, drain).await
         }
         sniff::Protocol::Http1 => {
             let _open = metrics.connection("http1");
-            http1::serve(stream, balancer).await
+            http1::serve(stream, balancer, drain).await
         }
         sniff::Protocol::Opaque => {
             let _open = metrics.connection("tcp");
-            tcp::forward(stream, balancer).await
+            let forward = tcp::forward(stream, balancer, Some(FALLBACK_IDLE));
+            drain.until_closed(forward).await;
         }
     }
+}
+
+/// Waits (at most [`FALLBACK_IDLE`]) for a silent client to send something, so that
+/// no backend is dialled for a client that says nothing; false if it closed or stayed
+/// silent.
+async fn client_speaks(stream: &TcpStream) -> bool {
+    let first = tokio::time::timeout(FALLBACK_IDLE, stream.peek(&mut [0u8; 1])).await;
+    matches!(first, Ok(Ok(1..)))
 }
 
 /// Closes with a reset, so the peer sees a refusal rather than an empty stream.
@@ -192,8 +217,42 @@ fn refuse(stream: TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// How long the accept loop waits after an error other than running out of
+/// descriptors, rather than spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+fn is_out_of_descriptors(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A descriptor kept in reserve, so that a connection waiting while the agent is out of
+/// descriptors can still be accepted, and refused, instead of hanging.
+struct Spare(Option<std::fs::File>);
+
+impl Spare {
+    fn open() -> Self {
+        Self(std::fs::File::open("/dev/null").ok())
+    }
+
+    async fn refuse_one(&mut self, listener: &TcpListener) {
+        match self.0.take() {
+            Some(spare) => {
+                drop(spare);
+                if let Ok((stream, client)) = listener.accept().await {
+                    debug!(%client, "refused: out of descriptors");
+                    refuse(stream);
+                }
+                *self = Self::open();
+            }
+            None => tokio::time::sleep(ACCEPT_BACKOFF).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use tokio::io::AsyncReadExt;
 
     use super::*;
@@ -224,13 +283,8 @@ mod tests {
     async fn serve(state: Arc<State>) -> (Arc<Recorder>, SocketAddr) {
         let recorder = Arc::new(Recorder::default());
         let metrics = Metrics::new(recorder.clone(), state.clone());
-        let proxy = Proxy::new(
-            recorder.clone(),
-            state,
-            watch::channel(false).1,
-            metrics,
-            Limits::default(),
-        );
+        let proxy =
+            Proxy::new(recorder.clone(), state, DrainWatch::never(), metrics, Limits::default());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));
@@ -259,7 +313,7 @@ mod tests {
         // Redirected: file the original destination the way the kernel would.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), vip);
+        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), (vip, 1));
         let mut client = socket.connect(proxy_addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut client, b"ping").await.unwrap();
         let mut buf = [0; 4];
@@ -325,7 +379,7 @@ mod tests {
 
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), vip);
+        recorder.orig_dst.lock().unwrap().insert(socket.local_addr().unwrap(), (vip, 1));
         let stream = socket.connect(proxy_addr).await.unwrap();
         let (mut client, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

@@ -4,9 +4,14 @@
 
 use std::{
     io,
-    sync::{Arc, atomic::Ordering},
-    time::Instant,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
@@ -26,7 +31,9 @@ const SMALL: usize = 512;
 /// until a read comes back short.
 const LARGE: usize = 64 * 1024;
 
-pub async fn forward<S>(client: S, balancer: Arc<Balancer>)
+/// Forwards `client` to one of the balancer's endpoints; with `idle`, the connection is
+/// closed once no byte has moved either way for that long.
+pub async fn forward<S>(client: S, balancer: Arc<Balancer>, idle: Option<Duration>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -37,7 +44,7 @@ where
         return;
     };
     let _in_flight = InFlight::new(endpoint.clone());
-    match relay(client, upstream).await {
+    match relay(client, upstream, idle).await {
         Ok((up, down)) => {
             debug!(service = %service.name, endpoint = %endpoint.addr, up, down, "connection done")
         }
@@ -97,29 +104,67 @@ async fn connect_any(balancer: &Balancer) -> Option<(TcpStream, Arc<Endpoint>, S
 }
 
 /// Copies bytes both ways until both sides have ended (a half-close is passed on), or
-/// either fails. Returns the bytes sent up and down.
-async fn relay<S>(client: S, upstream: TcpStream) -> io::Result<(u64, u64)>
+/// either fails, or (with `idle`) nothing moved for that long. Returns the bytes sent
+/// up and down.
+async fn relay<S>(client: S, upstream: TcpStream, idle: Option<Duration>) -> io::Result<(u64, u64)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let activity = Activity::new();
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = upstream.into_split();
-    let up = pump(client_read, upstream_write);
-    let down = pump(upstream_read, client_write);
+    let up = pump(client_read, upstream_write, &activity);
+    let down = pump(upstream_read, client_write, &activity);
     tokio::pin!(up, down);
     let (mut sent_up, mut sent_down) = (None, None);
     while sent_up.is_none() || sent_down.is_none() {
+        let idle_until = idle.map(|idle| activity.last() + idle);
         tokio::select! {
             bytes = &mut up, if sent_up.is_none() => sent_up = Some(bytes?),
             bytes = &mut down, if sent_down.is_none() => sent_down = Some(bytes?),
+            () = sleep_until(idle_until) => {
+                // Bytes may have moved since the deadline was set: it moved with them.
+                if idle.is_some_and(|idle| activity.last() + idle <= Instant::now()) {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle for too long"));
+                }
+            }
         }
     }
     Ok((sent_up.unwrap_or(0), sent_down.unwrap_or(0)))
 }
 
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When a byte last moved either way.
+struct Activity {
+    since: Instant,
+    last_ns: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { since: Instant::now(), last_ns: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let now = Instant::now().saturating_duration_since(self.since).as_nanos() as u64;
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.since + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
+    }
+}
+
 /// Moves bytes from `from` to `to` until `from` ends, then shuts `to`'s write side.
 /// The large buffer exists only while reads keep filling it.
-async fn pump<R, W>(mut from: R, mut to: W) -> io::Result<u64>
+async fn pump<R, W>(mut from: R, mut to: W, activity: &Activity) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -133,6 +178,7 @@ where
             None => &mut small,
         };
         let n = from.read(buf).await?;
+        activity.touch();
         if n == 0 {
             to.shutdown().await?;
             return Ok(total);
@@ -144,6 +190,10 @@ where
             large = None;
         } else if large.is_none() {
             large = Some(vec![0; LARGE].into_boxed_slice());
+        } else {
+            // A stream that keeps the buffer full would keep the worker for many
+            // buffers per poll; let the other connections (and accepts) have a turn.
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -167,7 +217,8 @@ mod tests {
             got.len()
         });
         let (client, agent_side) = tokio::io::duplex(1 << 20);
-        let relay = tokio::spawn(relay(agent_side, TcpStream::connect(addr).await.unwrap()));
+        let upstream = TcpStream::connect(addr).await.unwrap();
+        let relay = tokio::spawn(relay(agent_side, upstream, Some(Duration::from_secs(60))));
 
         let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let (mut reader, mut writer) = tokio::io::split(client);
@@ -195,5 +246,39 @@ mod tests {
         assert!(Slot::take(&endpoint, 2).is_none());
         drop(first);
         assert!(Slot::take(&endpoint, 2).is_some());
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_idle_for_its_timeout_is_closed_and_activity_keeps_it_open() {
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = backend.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = backend.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                stream.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        let (mut client, agent_side) = tokio::io::duplex(1024);
+        let upstream = TcpStream::connect(addr).await.unwrap();
+        let idle = Duration::from_secs(30);
+        let relay = tokio::spawn(relay(agent_side, upstream, Some(idle)));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            client.write_all(b"ping").await.unwrap();
+            let mut back = [0u8; 4];
+            client.read_exact(&mut back).await.unwrap();
+        }
+        assert!(!relay.is_finished(), "60 s old, but never 30 s idle");
+        tokio::time::sleep(idle + Duration::from_secs(1)).await;
+        let ended = relay.await.unwrap().unwrap_err();
+        assert_eq!(ended.kind(), io::ErrorKind::TimedOut);
     }
 }

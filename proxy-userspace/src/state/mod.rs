@@ -18,7 +18,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 pub use endpoint::{Endpoint, EndpointSet, Lifecycle, Load};
 pub use outcome::{LocalOriginFailure, Outcome};
@@ -53,6 +53,9 @@ pub struct State {
     managed: std::sync::Mutex<HashMap<SocketAddr, Managed>>,
     transitions: broadcast::Sender<Transition>,
     checker: Arc<dyn Checker>,
+    /// Set when a service's lifecycle owner panicked: the agent cannot go on with a
+    /// service nobody owns, and stops.
+    failure: watch::Sender<Option<String>>,
 }
 
 impl Default for State {
@@ -70,6 +73,19 @@ impl State {
             managed: Default::default(),
             transitions: broadcast::Sender::new(TRANSITION_BUFFER),
             checker,
+            failure: watch::Sender::new(None),
+        }
+    }
+
+    /// Resolves with what went wrong once a service's lifecycle owner has panicked.
+    pub fn failure(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut failure = self.failure.subscribe();
+        async move {
+            let failed = failure.wait_for(Option::is_some).await.map(|f| f.clone());
+            match failed {
+                Ok(failed) => failed.unwrap_or_default(),
+                Err(_) => std::future::pending().await,
+            }
         }
     }
 
@@ -121,7 +137,16 @@ impl State {
         let (commands, receiver) = mpsc::unbounded_channel();
         let (owner, findings) =
             Owner::new(service.clone(), self.transitions.clone(), self.checker.clone());
-        tokio::spawn(owner.run(receiver, outcomes, findings));
+        let (name, failure) = (service.name.clone(), self.failure.clone());
+        tokio::spawn(async move {
+            let run = std::panic::AssertUnwindSafe(owner.run(receiver, outcomes, findings));
+            if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
+                let what = crate::panic_message(&*panic);
+                failure.send_replace(Some(format!(
+                    "the lifecycle owner of service {name} panicked: {what}"
+                )));
+            }
+        });
         Managed { service, commands }
     }
 }

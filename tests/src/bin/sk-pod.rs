@@ -45,6 +45,15 @@
 //!   sk-pod tcp-junk --to ADDR [--hold-ms H]
 //!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
 //!       close, silence) and holds them open.
+//!   sk-pod http1-hold --to ADDR
+//!       Sends one HTTP/1.1 GET, prints `response STATUS-LINE` once the head arrives,
+//!       keeps the connection, and prints `ended: eof` or `ended: ERROR` when it ends.
+//!   sk-pod pause
+//!       Waits forever, as a Pod's sandbox process. The stdin line `become NETNS
+//!       CGROUP` moves it into another network namespace and cgroup (a process that
+//!       inherited a Pod process's PID); it prints `became`.
+//!   sk-pod cpu-burn --threads N --duration-ms D
+//!       Keeps N threads busy (no syscalls) for D ms: a saturated node.
 
 use std::{
     collections::HashMap,
@@ -122,9 +131,15 @@ fn main() -> anyhow::Result<()> {
         }
         "tcp-watch" => watch::run(get("to")?.parse()?, get("count")?.parse()?),
         "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
+        "http1-hold" => http1_hold(get("to")?.parse()?),
+        "pause" => pause(),
+        "cpu-burn" => {
+            burn(get("threads")?.parse()?, millis(&flags, "duration-ms", 10_000)?);
+            Ok(())
+        }
         _ => bail!(
             "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | tcp-hold | tcp-mirror \
-             | tcp-stream | tcp-pingpong | tcp-connect | tcp-watch | tcp-junk \
+             | tcp-stream | tcp-pingpong | tcp-connect | tcp-watch | tcp-junk | cpu-burn \
              (see the source header)"
         ),
     }
@@ -428,6 +443,61 @@ fn junk(to: SocketAddr, hold: Duration) -> anyhow::Result<()> {
     drop((garbage, half, silent));
     println!("junk: done");
     Ok(())
+}
+
+fn pause() -> anyhow::Result<()> {
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let ["become", netns, cgroup] = words[..] else { continue };
+        sandbox::enter_netns(&std::fs::File::open(netns)?).context("setns")?;
+        std::fs::write(std::path::Path::new(cgroup).join("cgroup.procs"), "0")
+            .context("moving to the cgroup")?;
+        println!("became");
+    }
+    // stdin closed: wait to be killed, as a sandbox process would.
+    loop {
+        std::thread::park();
+    }
+}
+
+fn http1_hold(to: SocketAddr) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(2)).context("connect")?;
+    write!(stream, "GET / HTTP/1.1\r\nHost: sockeye-test\r\n\r\n")?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut status = String::new();
+    reader.read_line(&mut status).context("status line")?;
+    println!("response {}", status.trim());
+    let end = loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break "eof".to_string(),
+            Ok(_) => continue,
+            Err(err) => break err.to_string(),
+        }
+    };
+    println!("ended: {end}");
+    Ok(())
+}
+
+/// Spins `threads` threads for `duration`.
+fn burn(threads: usize, duration: Duration) {
+    let until = std::time::Instant::now() + duration;
+    println!("burning {threads} threads");
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut x = 0u64;
+                while std::time::Instant::now() < until {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// Holds `count` connections open until the peer or the kernel ends each.

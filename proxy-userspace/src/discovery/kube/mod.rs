@@ -8,6 +8,8 @@
 //! skipped with a log line instead of failing its whole list.
 
 mod netns;
+
+pub use netns::still_the_pods;
 pub mod objects;
 mod snapshot;
 
@@ -142,7 +144,7 @@ impl Watches {
             }
             let uids: Vec<String> =
                 self.snapshot.enrolled_pods().map(|pod| pod.uid.clone()).collect();
-            let enroll = self.finder.paths(uids.iter().map(String::as_str));
+            let enroll = self.finder.enrollees(uids.iter().map(String::as_str));
             if !changed && enroll == tx.borrow().enroll {
                 continue;
             }

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::discovery::Enrollee;
+
 /// How often `/proc` is scanned at most while some Pod is not found yet.
 const SCAN_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -23,12 +25,13 @@ impl Finder {
         Self { proc_root: proc_root.into(), found: HashMap::new(), last_scan: None }
     }
 
-    /// The namespace paths of the Pods with these UIDs that have a process now; the
-    /// others are looked for again on a later call. Forgets Pods not asked about.
-    pub fn paths<'a>(&mut self, uids: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
+    /// The namespaces of the Pods with these UIDs that have a process now; the others
+    /// are looked for again on a later call. Forgets Pods not asked about.
+    pub fn enrollees<'a>(&mut self, uids: impl IntoIterator<Item = &'a str>) -> Vec<Enrollee> {
         let uids: Vec<&str> = uids.into_iter().collect();
-        // A cached process that exited (a container restart) is looked for again.
-        self.found.retain(|uid, path| uids.contains(&uid.as_str()) && path.exists());
+        // A cached process that exited (a container restart), or whose PID another
+        // process now has, is looked for again.
+        self.found.retain(|uid, path| uids.contains(&uid.as_str()) && still_the_pods(path, uid));
         let missing: Vec<&str> =
             uids.iter().copied().filter(|uid| !self.found.contains_key(*uid)).collect();
         let due = self.last_scan.is_none_or(|at| at.elapsed() >= SCAN_INTERVAL);
@@ -36,21 +39,34 @@ impl Finder {
             self.last_scan = Some(Instant::now());
             self.found.extend(scan(&self.proc_root, &missing));
         }
-        let mut paths: Vec<PathBuf> =
-            uids.iter().filter_map(|uid| self.found.get(*uid).cloned()).collect();
-        paths.sort();
-        paths.dedup();
-        paths
+        let mut found: Vec<Enrollee> = uids
+            .iter()
+            .filter_map(|uid| {
+                let path = self.found.get(*uid)?.clone();
+                Some(Enrollee { path, pod_uid: Some(uid.to_string()) })
+            })
+            .collect();
+        found.sort();
+        found.dedup_by(|a, b| a.path == b.path);
+        found
     }
+}
+
+/// Whether the process whose namespace file is `ns_path` (`/proc/PID/ns/net`) is in
+/// the cgroup of the Pod with `uid`.
+pub fn still_the_pods(ns_path: &Path, uid: &str) -> bool {
+    let Some(proc_dir) = ns_path.parent().and_then(Path::parent) else { return false };
+    std::fs::read_to_string(proc_dir.join("cgroup")).is_ok_and(|cgroups| names_pod(&cgroups, uid))
+}
+
+/// Whether a process's cgroup paths name the Pod with `uid` (cgroupfs or systemd).
+fn names_pod(cgroups: &str, uid: &str) -> bool {
+    names(cgroups, &format!("pod{uid}")) || names(cgroups, &format!("pod{}", uid.replace('-', "_")))
 }
 
 /// For each UID with a process, the lowest such PID's namespace (the Pod's sandbox
 /// process starts first and lives longest).
 fn scan(proc_root: &Path, uids: &[&str]) -> HashMap<String, PathBuf> {
-    let patterns: Vec<(String, String)> = uids
-        .iter()
-        .map(|uid| (format!("pod{uid}"), format!("pod{}", uid.replace('-', "_"))))
-        .collect();
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return HashMap::new();
     };
@@ -62,10 +78,8 @@ fn scan(proc_root: &Path, uids: &[&str]) -> HashMap<String, PathBuf> {
         let Ok(cgroups) = std::fs::read_to_string(proc_root.join(format!("{pid}/cgroup"))) else {
             continue;
         };
-        for (uid, (dashes, underscores)) in uids.iter().zip(&patterns) {
-            if !found.contains_key(*uid)
-                && (names(&cgroups, dashes) || names(&cgroups, underscores))
-            {
+        for uid in uids {
+            if !found.contains_key(*uid) && names_pod(&cgroups, uid) {
                 found.insert(uid.to_string(), proc_root.join(format!("{pid}/ns/net")));
             }
         }
@@ -133,20 +147,36 @@ mod tests {
             (60, "0::/kubepods/podaaaa-12/c\n"),
         ]);
         let mut finder = Finder::new(&proc.0);
-        let paths = finder.paths(["aaaa-1", "bbbb-2", "cccc-3"]);
+        let paths = paths(finder.enrollees(["aaaa-1", "bbbb-2", "cccc-3"]));
         assert_eq!(paths, [proc.0.join("40/ns/net"), proc.0.join("51/ns/net")]);
+    }
+
+    fn paths(enrollees: Vec<Enrollee>) -> Vec<PathBuf> {
+        enrollees.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn a_pid_taken_by_a_process_outside_the_pod_is_forgotten() {
+        let proc = fake_proc(&[(40, "0::/kubepods/podu1/c\n")]);
+        let mut finder = Finder::new(&proc.0);
+        let found = finder.enrollees(["u1"]);
+        assert_eq!(found[0].pod_uid.as_deref(), Some("u1"));
+        // The Pod's process exits and a host process gets its PID.
+        std::fs::write(proc.0.join("40/cgroup"), "0::/system.slice/sshd.service\n").unwrap();
+        finder.last_scan = None;
+        assert!(finder.enrollees(["u1"]).is_empty(), "the host process is not the Pod");
     }
 
     #[test]
     fn a_pod_whose_process_exited_is_looked_for_again() {
         let proc = fake_proc(&[(40, "0::/kubepods/podu1/c\n")]);
         let mut finder = Finder::new(&proc.0);
-        assert_eq!(finder.paths(["u1"]), [proc.0.join("40/ns/net")]);
+        assert_eq!(paths(finder.enrollees(["u1"])), [proc.0.join("40/ns/net")]);
         std::fs::remove_dir_all(proc.0.join("40")).unwrap();
         std::fs::create_dir_all(proc.0.join("41/ns")).unwrap();
         std::fs::write(proc.0.join("41/cgroup"), "0::/kubepods/podu1/c\n").unwrap();
         std::fs::write(proc.0.join("41/ns/net"), "").unwrap();
         finder.last_scan = None;
-        assert_eq!(finder.paths(["u1"]), [proc.0.join("41/ns/net")]);
+        assert_eq!(paths(finder.enrollees(["u1"])), [proc.0.join("41/ns/net")]);
     }
 }

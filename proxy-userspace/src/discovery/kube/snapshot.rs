@@ -3,7 +3,6 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
-    path::PathBuf,
 };
 
 use kube::{core::DynamicObject, runtime::watcher::Event};
@@ -12,7 +11,7 @@ use tracing::{debug, warn};
 use super::objects::{self, Pod, Service, Skip, Slice};
 use crate::{
     config::Policy,
-    discovery::{Condition, Desired, DesiredEndpoint, DesiredService, HeadlessService},
+    discovery::{Condition, Desired, DesiredEndpoint, DesiredService, Enrollee, HeadlessService},
 };
 
 /// One kind's objects by `namespace/name`, kept through relists.
@@ -124,7 +123,7 @@ impl Snapshot {
     }
 
     /// The state to make so; `enroll` are the enrolled Pods' namespace paths.
-    pub fn desired(&self, enroll: Vec<PathBuf>) -> Desired {
+    pub fn desired(&self, enroll: Vec<Enrollee>) -> Desired {
         let deleting: HashSet<&str> =
             self.pods.values().filter(|p| p.deleting).map(|p| p.uid.as_str()).collect();
         let mut slices: HashMap<&str, Vec<&Slice>> = HashMap::new();
