@@ -334,14 +334,14 @@ async fn supervise(tasks: &mut JoinSet<()>, state: &State) -> anyhow::Error {
     loop {
         tokio::select! {
             failure = &mut owner_lost => return anyhow::anyhow!("{failure}; stopping"),
-            ended = tasks.join_next() => match ended {
-                Some(Err(err)) if err.is_panic() => {
+            Some(ended) = tasks.join_next() => {
+                if let Err(err) = ended
+                    && err.is_panic()
+                {
                     let what = crate::panic_message(&*err.into_panic()).to_string();
                     return anyhow::anyhow!("an agent task panicked: {what}; stopping");
                 }
-                Some(_) => {}
-                None => return std::future::pending().await,
-            },
+            }
         }
     }
 }
@@ -544,6 +544,37 @@ mod tests {
         warm_up(&desired, &state).await;
         assert!(started.elapsed() >= WARM_UP, "{:?}", started.elapsed());
         assert_eq!(cold_services(&desired, &state), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_or_a_lost_lifecycle_owner_stops_the_agent_with_the_cause() {
+        let state = State::with_checker(Arc::new(crate::health::Manual));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async {});
+        tasks.spawn(async { panic!("eviction broke") });
+        let failure = supervise(&mut tasks, &state).await;
+        assert!(failure.to_string().contains("an agent task panicked: eviction broke"));
+
+        // A checker that panics inside its service's owner task.
+        struct Broken;
+        impl crate::health::Checker for Broken {
+            fn start(
+                &self,
+                _: SocketAddr,
+                _: Protocol,
+                _: crate::config::policy::HealthPolicy,
+                _: crate::health::Results,
+            ) -> tokio::task::JoinHandle<()> {
+                panic!("checker broke")
+            }
+        }
+        let state = State::with_checker(Arc::new(Broken));
+        let (_, desired) = one_service(true, Condition::Ready);
+        state.apply(&desired.services);
+        let mut none = JoinSet::new();
+        let failure = supervise(&mut none, &state).await;
+        let message = failure.to_string();
+        assert!(message.contains("the lifecycle owner of service a panicked: checker broke"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,6 +24,7 @@ pub mod reconcile;
 pub mod retry;
 pub mod signals;
 pub mod state;
+mod sync;
 mod sys;
 pub mod upstream;
 

@@ -109,6 +109,12 @@ fn main() -> ExitCode {
         eprintln!("error: --log-level {filter:?}: {err}");
         return ExitCode::FAILURE;
     }
+    // Panics go to the log, in its format; what a panic means for the agent is up to
+    // whoever catches it (a connection ends, or the agent stops cleanly).
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+        tracing::error!("panic{at}: {}", sockeye::panic_message(info.payload()));
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -6,11 +6,12 @@ use std::process::Command;
 
 use crate::run::{cmd, workspace_root};
 
-const TARGETS: [&str; 4] = ["sniff", "config", "orig_dst", "kube_objects"];
+const TARGETS: [&str; 5] = ["sniff", "config", "orig_dst", "kube_objects", "health_messages"];
 const HELP: &str = "\
 cargo xtask fuzz [--seconds N] [TARGET...]
 
-Runs each target (default: all of sniff, config, orig_dst, kube_objects) for N seconds
+Runs each target (default: all of sniff, config, orig_dst, kube_objects,
+health_messages) for N seconds
 (default 600), one after another. Installs cargo-fuzz when it is missing.";
 
 pub fn fuzz(args: &[String]) -> Result<(), String> {

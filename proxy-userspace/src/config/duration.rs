@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, de::Error as _};
 
-/// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+/// The longest duration any setting takes: longer ones are typos, and would overflow
+/// the clocks they are added to.
+pub const MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// Parses `<number><unit>` with unit `ms`, `s`, `m` or `h`, at most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
@@ -21,7 +25,12 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "" => return Err(format!("{text:?} needs a unit: ms, s, m or h")),
         other => return Err(format!("{text:?}: unknown unit {other:?}; use ms, s, m or h")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+    let duration =
+        Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))?;
+    if duration > MAX {
+        return Err(format!("{text:?} is longer than the 24h any setting allows"));
+    }
+    Ok(duration)
 }
 
 /// `#[serde(deserialize_with = "duration::deserialize")]` for a `Duration` field.
@@ -51,5 +60,8 @@ mod tests {
         assert!(parse("s").unwrap_err().contains("is not a duration"));
         assert!(parse("-1s").is_err());
         assert!(parse("1e400s").is_err());
+        assert_eq!(parse("24h"), Ok(MAX));
+        assert!(parse("25h").unwrap_err().contains("longer than the 24h"));
+        assert!(parse("99999999999h").is_err());
     }
 }

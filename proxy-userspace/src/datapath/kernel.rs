@@ -7,7 +7,7 @@ use std::{
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Mutex, PoisonError},
+    sync::Mutex,
     time::Instant,
 };
 
@@ -34,7 +34,7 @@ use super::{
     lb_maps::{LbMaps, failure_pump},
     mounts::{require_bpffs, require_cgroup2},
 };
-use crate::{config::Capacity, sys};
+use crate::{config::Capacity, sync::lock, sys};
 
 /// The object built from `proxy-ebpf` by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
@@ -455,11 +455,6 @@ fn map_shapes(capacity: &Capacity) -> [(&'static str, (u32, u32, u32)); 13] {
         ),
         (map_names::REWRITES, (size::<u64>(), size::<Rewrite>(), map_sizes::REWRITES)),
     ]
-}
-
-/// Locks `mutex`; a holder that panicked left nothing half-written that matters here.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Pins `link` at `path`, where a previous agent's link to the same program may be:

@@ -1,21 +1,23 @@
 //! The gRPC check: `grpc.health.v1.Health`. Watch streams every status change, so a
 //! backend turning NOT_SERVING leaves rotation at once; a backend without Watch
-//! (UNIMPLEMENTED) is polled with Check. The two messages are small enough to encode
-//! by hand: `HealthCheckRequest { string service = 1 }` and
-//! `HealthCheckResponse { ServingStatus status = 1 }`.
+//! (UNIMPLEMENTED) is polled with Check. The messages are tonic-health's prost types;
+//! a response bigger than [`messages::MAX_MESSAGE`] ends the check as failed.
 
 use std::net::SocketAddr;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{Results, pause};
+use super::{
+    Results,
+    messages::{self, next_status},
+    pause,
+};
 use crate::{config::policy::HealthPolicy, state::lifecycle::Check, upstream::h2_client};
 
-const SERVING: u64 = 1;
 const UNIMPLEMENTED: u32 = 12;
 
 /// What one Watch call ended with.
@@ -102,8 +104,14 @@ async fn watch_until_end(
         }
         if let Ok(data) = frame.into_data() {
             buffer.extend_from_slice(&data);
-            while let Some(status) = next_status(&mut buffer) {
-                let check = if status == SERVING { Check::Pass } else { Check::FailNow };
+            loop {
+                let check = match next_status(&mut buffer) {
+                    Ok(Some(true)) => Check::Pass,
+                    Ok(Some(false)) => Check::FailNow,
+                    Ok(None) => break,
+                    // A backend that answers garbage is not healthy.
+                    Err(_) => return Watched::Ended,
+                };
                 last = Some(check);
                 if results.send((addr, check)).is_err() {
                     return Watched::Stopped;
@@ -117,85 +125,22 @@ async fn check_once(sender: &mut SendRequest<Full<Bytes>>, policy: &HealthPolicy
     let call = async {
         let response =
             sender.send_request(request("Check", &policy.grpc_service_name)).await.ok()?;
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        next_status(&mut BytesMut::from(&body[..]))
+        let body = http_body_util::Limited::new(response.into_body(), messages::MAX_BODY);
+        let body = body.collect().await.ok()?.to_bytes();
+        next_status(&mut BytesMut::from(&body[..])).ok()?
     };
     match tokio::time::timeout(policy.timeout, call).await {
-        Ok(Some(SERVING)) => Check::Pass,
+        Ok(Some(true)) => Check::Pass,
         _ => Check::Fail,
     }
 }
 
 fn request(method: &str, service: &str) -> http::Request<Full<Bytes>> {
-    let mut message = BytesMut::new();
-    if !service.is_empty() {
-        message.put_u8(0x0a);
-        put_varint(&mut message, service.len() as u64);
-        message.put_slice(service.as_bytes());
-    }
-    let mut frame = BytesMut::with_capacity(5 + message.len());
-    frame.put_u8(0);
-    frame.put_u32(message.len() as u32);
-    frame.put_slice(&message);
     http::Request::post(format!("http://sockeye/grpc.health.v1.Health/{method}"))
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .header("te", "trailers")
-        .body(Full::new(frame.freeze()))
-        .expect("a valid request")
-}
-
-/// Takes one complete gRPC message off `buffer` and reads its `status` field.
-fn next_status(buffer: &mut BytesMut) -> Option<u64> {
-    if buffer.len() < 5 {
-        return None;
-    }
-    let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
-    if buffer.len() < 5 + len {
-        return None;
-    }
-    buffer.advance(5);
-    let mut message = buffer.split_to(len);
-    let mut status = 0;
-    while message.has_remaining() {
-        let key = get_varint(&mut message)?;
-        match key & 7 {
-            0 => {
-                let value = get_varint(&mut message)?;
-                if key >> 3 == 1 {
-                    status = value;
-                }
-            }
-            2 => {
-                let skip = get_varint(&mut message)? as usize;
-                message.advance(skip.min(message.remaining()));
-            }
-            _ => return None,
-        }
-    }
-    Some(status)
-}
-
-fn put_varint(buf: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        buf.put_u8((value as u8) | 0x80);
-        value >>= 7;
-    }
-    buf.put_u8(value as u8);
-}
-
-fn get_varint(buf: &mut BytesMut) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        if !buf.has_remaining() {
-            return None;
-        }
-        let byte = buf.get_u8();
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return Some(value);
-        }
-    }
-    None
+        .body(Full::new(messages::request(service)))
+        .unwrap_or_default()
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {

@@ -5,6 +5,7 @@
 
 mod grpc;
 mod http;
+pub mod messages;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -26,10 +26,10 @@ impl ServiceNames {
     }
 
     pub fn label(&self, name: &str) -> Arc<str> {
-        if let Some(known) = self.seen.read().unwrap().get(name) {
+        if let Some(known) = crate::sync::read(&self.seen).get(name) {
             return known.clone();
         }
-        let mut seen = self.seen.write().unwrap();
+        let mut seen = crate::sync::write(&self.seen);
         if let Some(known) = seen.get(name) {
             return known.clone();
         }

@@ -157,7 +157,7 @@ impl Proxy {
 
     /// The balancer of `service`, made anew when the service was replaced.
     fn balancer(&self, service: Arc<Service>) -> Arc<Balancer> {
-        let mut balancers = self.balancers.lock().unwrap();
+        let mut balancers = crate::sync::lock(&self.balancers);
         balancers
             .retain(|vip, b| self.state.lookup(vip).is_some_and(|s| Arc::ptr_eq(&s, &b.service)));
         let metrics = &self.metrics;

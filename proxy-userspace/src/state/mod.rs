@@ -111,7 +111,7 @@ impl State {
     /// known ones get their endpoints and policy updated, missing ones are stopped.
     /// A VIP whose name or protocol changed is replaced. Must run inside a tokio runtime.
     pub fn apply(&self, desired: &[DesiredService]) {
-        let mut managed = self.managed.lock().unwrap();
+        let mut managed = crate::sync::lock(&self.managed);
         let wanted: HashMap<SocketAddr, &DesiredService> =
             desired.iter().map(|d| (d.vip, d)).collect();
         managed.retain(|vip, m| {
