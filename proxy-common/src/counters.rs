@@ -39,10 +39,27 @@ pub enum Counter {
     SkipAgentFull,
     /// Not steered: the socket's Pod (network namespace) is at its connection cap.
     SkipPodFull,
+    /// Kernel mode: a connect to a VIP went straight to one of its Ready endpoints.
+    LbPicked,
+    /// Kernel mode, but the kernel's table holds no Ready endpoint: steered to the
+    /// agent instead (which has none either, unless it learned of one since).
+    LbNoBackend,
+    /// Kernel mode, but the slot taken was empty (its table was being rewritten) or
+    /// held an address of another family: steered to the agent instead.
+    LbSlotMissing,
+    /// A rewritten connect could not be recorded for getpeername (map update failed):
+    /// the app sees where the connect really went.
+    RewriteNotRecorded,
+    /// getpeername showed an app the VIP it dialled instead of the address the kernel
+    /// sent its connect to.
+    PeerRestored,
+    /// Kernel mode: a failed connect could not be told to the agent at once (its ring
+    /// buffer was full); it is still counted per endpoint.
+    LbFailureUnreported,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 22] = [
         Counter::Steered,
         Counter::SkipNotEnrolled,
         Counter::SkipNotVip,
@@ -59,6 +76,12 @@ impl Counter {
         Counter::SkipAgentStale,
         Counter::SkipAgentFull,
         Counter::SkipPodFull,
+        Counter::LbPicked,
+        Counter::LbNoBackend,
+        Counter::LbSlotMissing,
+        Counter::RewriteNotRecorded,
+        Counter::PeerRestored,
+        Counter::LbFailureUnreported,
     ];
     /// Size of the counters array; leaves room for counters added later.
     pub const SLOTS: u32 = 32;
@@ -82,6 +105,12 @@ impl Counter {
             Counter::SkipAgentStale => "skip_agent_stale",
             Counter::SkipAgentFull => "skip_agent_full",
             Counter::SkipPodFull => "skip_pod_full",
+            Counter::LbPicked => "lb_picked",
+            Counter::LbNoBackend => "lb_no_backend",
+            Counter::LbSlotMissing => "lb_slot_missing",
+            Counter::RewriteNotRecorded => "rewrite_not_recorded",
+            Counter::PeerRestored => "peer_restored",
+            Counter::LbFailureUnreported => "lb_failure_unreported",
         }
     }
 }

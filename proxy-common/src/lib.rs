@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod agent;
 pub mod counters;
+pub mod lb;
 pub mod steer;
 
 #[cfg(feature = "user")]
@@ -46,6 +47,21 @@ pub mod map_names {
     pub const LISTENERS: &str = "SK_LISTENERS";
     /// Per-CPU `u64` counters indexed by [`Counter`](crate::Counter).
     pub const COUNTERS: &str = "SK_COUNTERS";
+    /// VIPs in kernel mode: `SockAddr` → [`LbService`](crate::lb::LbService).
+    pub const LB_SERVICES: &str = "SK_LB_SERVICES";
+    /// Their endpoint slots: [`BackendSlot`](crate::lb::BackendSlot) → `SockAddr`.
+    pub const LB_BACKENDS: &str = "SK_LB_BACKENDS";
+    /// What the kernel saw of the connects it sent straight to endpoints, per CPU:
+    /// [`Rewrite`](crate::lb::Rewrite) (VIP, endpoint) →
+    /// [`ConnectStats`](crate::lb::ConnectStats).
+    pub const LB_CONNECTS: &str = "SK_LB_CONNECTS";
+    /// Connects sent straight to an endpoint that failed, told to the agent as they
+    /// happen (a ring buffer of [`Rewrite`](crate::lb::Rewrite)s; not pinned, each
+    /// agent has its own).
+    pub const LB_FAILURES: &str = "SK_LB_FAILURES";
+    /// Connects rewritten (to an endpoint or to the agent), for getpeername: `u64`
+    /// socket cookie → [`Rewrite`](crate::lb::Rewrite). Removed when the socket closes.
+    pub const REWRITES: &str = "SK_REWRITES";
 }
 
 /// Default capacity of each map; the agent's config (`capacity`) may change most of
@@ -62,6 +78,13 @@ pub mod map_sizes {
     pub const SOCKS: u32 = 65536;
     pub const NO_ACCEL: u32 = 4096;
     pub const LISTENERS: u32 = 2;
+    /// Two tables per service: 32,768 endpoints in kernel mode on one node.
+    pub const LB_BACKENDS: u32 = 65536;
+    pub const LB_CONNECTS: u32 = 16384;
+    /// Bytes of the failed-connect ring buffer: 341 failures not yet read.
+    pub const LB_FAILURES: u32 = 16384;
+    /// One entry per open steered or rewritten connection (LRU beyond).
+    pub const REWRITES: u32 = 131072;
 }
 
 /// Values of the enrolled-namespaces map.
@@ -83,3 +106,7 @@ const _: () = assert!(core::mem::size_of::<SockAddr>() == 20);
 const _: () = assert!(core::mem::size_of::<FourTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
 const _: () = assert!(core::mem::size_of::<AgentState>() == 64);
+const _: () = assert!(core::mem::size_of::<lb::LbService>() == 16);
+const _: () = assert!(core::mem::size_of::<lb::BackendSlot>() == 24);
+const _: () = assert!(core::mem::size_of::<lb::Rewrite>() == 40);
+const _: () = assert!(core::mem::size_of::<lb::ConnectStats>() == 24);

@@ -1,24 +1,33 @@
-//! The steering decision shared by connect4 and connect6.
+//! The steering decision shared by connect4 and connect6: to the agent (relay mode),
+//! straight to an endpoint (kernel mode), or left alone.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_ns},
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
 use proxy_common::{
-    Counter, OrigDst, SockAddr, listener_slot,
+    Counter, OrigDst, SockAddr,
+    lb::Rewrite,
+    listener_slot,
     steer::{Connect, decide},
 };
 
-use crate::maps::{AGENT, ENROLLED, ORIG_BY_COOKIE, VIPS, count, listening};
+use crate::{
+    lb::{Pick, pick},
+    maps::{
+        AGENT, ConnectEvent, ENROLLED, ORIG_BY_COOKIE, REWRITES, VIPS, count, count_connect,
+        listening,
+    },
+};
 
 const IPPROTO_TCP: u32 = 6;
 
-/// Decides whether this connect goes to the agent. On `Ok` it returns the listener to
-/// write into the socket address, after recording `dst` under the socket's cookie.
+/// Decides where this connect goes. On `Ok` it returns the address to write into the
+/// socket address (a Ready endpoint in kernel mode, else the agent's listener) and the
+/// counter that says which, after recording `dst` for the agent and for getpeername.
 #[inline(always)]
-pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> {
+pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<(SockAddr, Counter), Counter> {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the context pointer the kernel passed to this program.
     let is_tcp = unsafe { (*sa).protocol } == IPPROTO_TCP;
@@ -35,7 +44,7 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> 
             now_ns: 0,
             dst,
         };
-        return decide(skip);
+        return decide(skip).map(|listener| (listener, Counter::Steered));
     }
     // SAFETY: the helper takes the context pointer of a sock_addr program.
     let netns = unsafe { bpf_get_netns_cookie(sa.cast()) };
@@ -53,33 +62,38 @@ pub fn steer(ctx: &SockAddrContext, dst: SockAddr) -> Result<SockAddr, Counter> 
     })?;
     // SAFETY: the helper takes the context pointer of a sock_addr program.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    // Kernel mode is a step of its own, taken only where the agent would be steered
+    // to: with the agent gone or hung, kernel-mode VIPs fail open like the others.
+    match pick(dst) {
+        Pick::Endpoint(endpoint) => {
+            let rewrite = Rewrite { vip: dst, to: endpoint };
+            remember(cookie, &rewrite);
+            let _ = count_connect(&rewrite, ConnectEvent::Picked);
+            debug!(ctx, "kernel mode cookie={} netns={} port={}", cookie, netns, endpoint.port);
+            return Ok((endpoint, Counter::LbPicked));
+        }
+        Pick::Fallback(why) => count(why),
+        Pick::Relay => {}
+    }
     let orig = OrigDst { dst, reserved: 0, netns };
     ORIG_BY_COOKIE.insert(&cookie, &orig, 0).map_err(|_| Counter::SkipMapFull)?;
+    remember(cookie, &Rewrite { vip: dst, to: listener });
     debug!(ctx, "steer cookie={} netns={} port={}", cookie, netns, dst.port);
-    Ok(listener)
+    Ok((listener, Counter::Steered))
+}
+
+/// Records where a connect went instead of the VIP, for getpeername; the entry goes
+/// when the socket closes (sockops).
+#[inline(always)]
+fn remember(cookie: u64, rewrite: &Rewrite) {
+    if REWRITES.insert(&cookie, rewrite, 0).is_err() {
+        count(Counter::RewriteNotRecorded);
+    }
 }
 
 /// Counts the outcome. A connect hook must return 1 ("proceed") whatever happened.
 #[inline(always)]
-pub fn finish(outcome: Result<(), Counter>) -> i32 {
-    count(match outcome {
-        Ok(()) => Counter::Steered,
-        Err(why) => why,
-    });
+pub fn finish(outcome: Result<Counter, Counter>) -> i32 {
+    count(outcome.unwrap_or_else(|why| why));
     1
-}
-
-/// Reads the destination port of a connect in host order.
-#[inline(always)]
-pub fn user_port(sa: *mut bpf_sock_addr) -> u16 {
-    // SAFETY: `sa` is the program's context pointer; 4-byte reads of user_port are allowed.
-    proxy_common::addr::port::from_sock_addr(unsafe { (*sa).user_port })
-}
-
-/// Rewrites the destination port.
-#[inline(always)]
-pub fn set_user_port(sa: *mut bpf_sock_addr, port: u16) {
-    let raw = proxy_common::addr::port::to_sock_addr(port);
-    // SAFETY: `sa` is the program's context pointer; 4-byte writes of user_port are allowed.
-    unsafe { core::ptr::write_volatile(&raw mut (*sa).user_port, raw) };
 }

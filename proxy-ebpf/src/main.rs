@@ -11,9 +11,19 @@ mod connect4;
 #[cfg(target_arch = "bpf")]
 mod connect6;
 #[cfg(target_arch = "bpf")]
+mod getpeername;
+#[cfg(target_arch = "bpf")]
+mod getpeername4;
+#[cfg(target_arch = "bpf")]
+mod getpeername6;
+#[cfg(target_arch = "bpf")]
+mod lb;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod sk_msg;
+#[cfg(target_arch = "bpf")]
+mod sock_addr;
 #[cfg(target_arch = "bpf")]
 mod sockops;
 

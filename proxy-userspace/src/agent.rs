@@ -26,6 +26,7 @@ use crate::{
     drain::Drain,
     eviction,
     handoff::{self, Listeners, Predecessor},
+    kernel_lb,
     liveness::Heartbeat,
     metrics::Metrics,
     proxy::Proxy,
@@ -220,8 +221,13 @@ async fn serve(
         Start::TakeOver(predecessor) => (Err(predecessor), None),
     };
     let (drain, drain_watch) = Drain::new();
-    let proxy =
-        Proxy::new(kernel.clone(), state.clone(), drain_watch, metrics.clone(), config.limits);
+    let proxy = Proxy::new(
+        kernel.clone(),
+        state.clone(),
+        drain_watch.clone(),
+        metrics.clone(),
+        config.limits,
+    );
     let mut stops = Signals::register()?.spawn(Summary {
         reload: discovery.reloads(),
         state: state.clone(),
@@ -240,7 +246,13 @@ async fn serve(
     metrics.config_update(true);
     let own = [config.proxy_addrs(), vec![config.admin]].concat();
     let netns = reconciler.netns();
-    tasks.spawn(eviction::run(state.subscribe(), discovery.watch(), netns, own, metrics.clone()));
+    tasks.spawn(eviction::run(
+        state.subscribe(),
+        discovery.watch(),
+        netns.clone(),
+        own,
+        metrics.clone(),
+    ));
     let mut heartbeat = Heartbeat::start(kernel.clone())?;
     // Until the listeners are published the predecessor, or DNAT, takes the connects.
     tokio::select! {
@@ -265,6 +277,7 @@ async fn serve(
     for listener in listeners {
         accepting.spawn(proxy.clone().serve(listener));
     }
+    tasks.spawn(kernel_lb::run(state.clone(), kernel.clone(), netns, metrics.clone(), drain_watch));
     tasks.spawn(reconciler.run(desired, discovery.rejections(), metrics.clone()));
 
     let outcome = tokio::select! {

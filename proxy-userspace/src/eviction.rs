@@ -87,7 +87,12 @@ fn endpoints(desired: &Desired) -> BTreeMap<SocketAddr, String> {
     desired.endpoints().into_iter().map(|(addr, service)| (addr, service.to_string())).collect()
 }
 
-async fn evict(netns: Arc<[Arc<Netns>]>, service: &str, addr: SocketAddr, metrics: &Metrics) {
+pub(crate) async fn evict(
+    netns: Arc<[Arc<Netns>]>,
+    service: &str,
+    addr: SocketAddr,
+    metrics: &Metrics,
+) {
     let started = std::time::Instant::now();
     let Ok(destroyed) = tokio::task::spawn_blocking(move || destroy_in(&netns, addr)).await else {
         return;

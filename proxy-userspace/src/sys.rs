@@ -74,12 +74,13 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Registers the kernel logs' ring buffer (`aya_log::EbpfLogger`) with tokio, to wait
-/// until it has records.
-pub fn readable_fd<T: AsRawFd>(logger: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: callers pass an `EbpfLogger`, which owns its ring buffer's descriptor for
-    // its whole life and always returns that same descriptor from `as_raw_fd`.
-    unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }.map_err(io::Error::from)
+/// Registers a kernel ring buffer (`aya_log::EbpfLogger`, `aya::maps::RingBuf`) with
+/// tokio, to wait until it has records.
+pub fn readable_fd<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: callers pass an `EbpfLogger` or a `RingBuf`, each of which owns its ring
+    // buffer's descriptor for its whole life and always returns that same descriptor
+    // from `as_raw_fd`.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)
 }
 
 /// A netlink socket speaking `NETLINK_SOCK_DIAG`, in the calling thread's network

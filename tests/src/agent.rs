@@ -87,12 +87,12 @@ impl Agent {
         mut command: Command,
         path: PathBuf,
     ) -> anyhow::Result<Self> {
-        command
-            .arg("--cgroup")
-            .arg(sandbox.cgroup())
-            .arg("--bpffs")
-            .arg(sandbox.pin_dir())
-            .args(["--log-level", "debug"]);
+        // Debug logs (the kernel programs' too) unless the caller chose a level.
+        let chosen = command.get_args().any(|arg| arg == "--log-level");
+        command.arg("--cgroup").arg(sandbox.cgroup()).arg("--bpffs").arg(sandbox.pin_dir());
+        if !chosen {
+            command.args(["--log-level", "debug"]);
+        }
         let proc = sandbox.spawn_in_node(name, command)?;
         Ok(Self {
             proc,

@@ -15,6 +15,7 @@ pub mod echo_node;
 pub mod grpc;
 pub mod grpc_node;
 pub mod kernel;
+pub mod kernel_lb;
 pub mod kube_api;
 mod kube_proxy;
 mod names;
@@ -26,6 +27,7 @@ pub mod probe;
 mod proc;
 pub mod rolling;
 mod sys;
+pub mod watch;
 pub mod web;
 pub mod web_node;
 
@@ -35,7 +37,9 @@ pub use grpc_node::GrpcNode;
 pub use netns::Netns;
 pub use node::{Pod, Sandbox, ServiceSpec};
 pub use proc::Proc;
-pub use sys::{catch_interrupt, enter_netns, interrupted, monotonic_ns, raise_nofile_limit};
+pub use sys::{
+    catch_interrupt, deepen_backlog, enter_netns, interrupted, monotonic_ns, raise_nofile_limit,
+};
 pub use web_node::WebNode;
 
 use std::time::{Duration, Instant};

@@ -14,6 +14,10 @@ pub struct Report {
     pub peers: BTreeMap<String, usize>,
     /// Failed connections per error.
     pub errors: BTreeMap<String, usize>,
+    /// Successful connections per peer address (with port) that getpeername() gave
+    /// the client.
+    #[serde(default)]
+    pub remote_addrs: BTreeMap<String, usize>,
 }
 
 impl Report {

@@ -33,6 +33,17 @@ pub fn spawn_inside(command: &mut Command, netns: File, procs: Option<File>) {
     unsafe { command.pre_exec(hook) };
 }
 
+/// Lets `backlog` connections wait for `accept` (std listens with 128), so a burst of
+/// connects is not met with dropped SYNs and their 1 s retransmits.
+pub fn deepen_backlog(listener: &std::net::TcpListener, backlog: i32) -> io::Result<()> {
+    // SAFETY: listen(2) on a descriptor the listener owns; calling it again on a
+    // listening socket only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends `signal` to `pid`.
 pub fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions.

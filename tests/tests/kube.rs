@@ -1,14 +1,14 @@
 //! `sockeye run --kube` against a stand-in API server that speaks the real list/watch
 //! protocol: namespace opt-in enrolls this node's Pods (and only those), EndpointSlices
 //! drive the endpoints' lifecycle, a terminated Pod's direct connections are destroyed,
-//! odd objects are skipped, and the API server going away and coming back (once, or
-//! flapping) loses nothing.
+//! odd objects are skipped, the API server going away and coming back (once, or
+//! flapping) loses nothing, and an annotated Service in kernel mode drains.
 
 use std::{net::SocketAddr, time::Duration};
 
 use sandbox::{
-    Agent, EchoNode, Pod, echo_node::ECHO_PORT, kube_api::FakeApi, monotonic_ns, node::NODE_IP4,
-    wait_for,
+    Agent, EchoNode, Pod, echo_node::ECHO_PORT, kernel_lb::wait_table, kube_api::FakeApi,
+    monotonic_ns, node::NODE_IP4, wait_for, watch::Watch,
 };
 use serde_json::{Value, json};
 
@@ -317,4 +317,40 @@ fn a_pid_that_no_longer_belongs_to_the_pod_never_enrolls_the_namespace_it_names_
     .unwrap();
     assert!(!steered(outsider), "the other namespace was enrolled:\n{}", agent.log());
     assert!(agent.log().contains("netns=0"), "{}", agent.log());
+}
+
+#[test]
+fn in_kernel_mode_a_draining_endpoint_keeps_its_connections_but_gets_no_new_ones() {
+    let _serial = sandbox::serial();
+    let node = EchoNode::new(2).unwrap();
+    let api = start_api(&node);
+    let client = node.client();
+    let _pause = client.start_pause(&uid(client)).unwrap();
+    let (b1, b2) = (node.sandbox.pod("b1"), node.sandbox.pod("b2"));
+    api.apply(namespace("shop", true)).unwrap();
+    api.apply(pod(client, "shop", NODE)).unwrap();
+    let mut service = echo_service();
+    service["metadata"]["annotations"] = json!({"sockeye.dev/tcp-mode": "kernel"});
+    api.apply(service).unwrap();
+    api.apply(echo_slice(&[(b1, ready()), (b2, ready())])).unwrap();
+    let agent = start_agent(&node, &api);
+    let spec = |backends: &[&str]| node.service("echo", VIP, backends);
+    wait_table(&node, &spec(&["b1", "b2"]), &["b1", "b2"], Duration::from_secs(10)).unwrap();
+    let mut held = Watch::start(client, VIP.parse().unwrap(), 10).unwrap();
+    let (on_b1, on_b2) = (held.on("b1"), held.on("b2"));
+    assert!(on_b1 > 0 && on_b2 > 0, "{:?}", held.backends);
+
+    // b1 terminates: out of the kernel's table, its connections untouched.
+    api.apply(echo_slice(&[(b1, terminating()), (b2, ready())])).unwrap();
+    wait_table(&node, &spec(&["b2"]), &["b2"], Duration::from_secs(10)).unwrap();
+    let picked = agent.counters().unwrap()["lb_picked"];
+    let report = client.probe(VIP.parse().unwrap(), 50, 2).unwrap();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(report.backend_names(), ["b2"], "{report:?}");
+    assert_eq!(agent.counters().unwrap()["lb_picked"], picked + 50, "straight to b2");
+    let alive = held.check().unwrap();
+    let want: std::collections::BTreeMap<String, usize> =
+        [("b1".to_string(), on_b1), ("b2".to_string(), on_b2)].into();
+    assert_eq!(alive, want, "{}", held.log());
+    assert!(held.ended().is_empty(), "{}", held.log());
 }

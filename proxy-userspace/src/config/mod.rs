@@ -137,6 +137,10 @@ pub struct ServiceConfig {
     pub vip: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
+    /// For `protocol: tcp`: `relay` through the agent, or `kernel` (connects go
+    /// straight to a Ready endpoint).
+    #[serde(default)]
+    pub tcp_mode: TcpMode,
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
     #[serde(default)]
@@ -157,6 +161,7 @@ impl ServiceConfig {
             outlier: self.outlier.clone(),
             retry: self.retry.clone(),
             timeout: self.timeout.clone(),
+            tcp_mode: self.tcp_mode,
         }
     }
 }
@@ -178,6 +183,19 @@ impl Protocol {
             Protocol::Tcp => "tcp",
         }
     }
+}
+
+/// How a `tcp` service's connections reach its endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpMode {
+    /// The kernel steers each connection to the agent, which picks an endpoint,
+    /// retries a failed connect on another, caps connections and counts them.
+    #[default]
+    Relay,
+    /// The kernel sends each connect straight to one of the Ready endpoints the agent
+    /// keeps in a kernel map: nothing on the path, no retry.
+    Kernel,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,23 @@ pub fn check_admin(admin: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+impl super::ServiceConfig {
+    /// Kernel mode rewrites a connect to an endpoint in the kernel: only for opaque
+    /// TCP, and only to endpoints of the VIP's family.
+    fn check_tcp_mode(&self) -> Result<(), String> {
+        if self.tcp_mode != super::TcpMode::Kernel {
+            return Ok(());
+        }
+        if self.protocol != super::Protocol::Tcp {
+            return Err(format!("kernel needs protocol: tcp, not {}", self.protocol.name()));
+        }
+        match self.endpoints.iter().find(|e| e.is_ipv4() != self.vip.is_ipv4()) {
+            Some(e) => Err(format!("kernel: endpoint {e} is not of the VIP's family")),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Capacity {
     /// Whether `services` VIPs and `pods` namespaces fit the kernel's maps; the
     /// problem names the limit to raise.
@@ -117,6 +134,9 @@ impl Config {
             }
             if let Err((sub, problem)) = service.policy().validate() {
                 return Err((field(&sub), problem));
+            }
+            if let Err(why) = service.check_tcp_mode() {
+                return problem(&field("tcp_mode"), why);
             }
             for (j, endpoint) in service.endpoints.iter().enumerate() {
                 if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
@@ -245,6 +265,23 @@ mod tests {
             problem(&svc("  endpoints: [10.96.0.1:80]\n"))
                 .contains("10.96.0.1:80 is the VIP of services[0]")
         );
+    }
+
+    #[test]
+    fn kernel_mode_is_for_tcp_services_with_endpoints_of_the_vips_family() {
+        let svc = |body: &str| format!("services:\n- name: a\n  vip: 10.96.0.1:80\n{body}");
+        let config = parse(&svc("  tcp_mode: kernel\n  endpoints: [10.0.0.1:80]\n")).unwrap();
+        assert_eq!(config.services[0].policy().tcp_mode, crate::config::TcpMode::Kernel);
+        assert_eq!(parse(&svc("")).unwrap().services[0].tcp_mode, crate::config::TcpMode::Relay);
+        assert!(
+            problem(&svc("  protocol: grpc\n  tcp_mode: kernel\n"))
+                .contains("services[0].tcp_mode: kernel needs protocol: tcp, not grpc")
+        );
+        assert!(
+            problem(&svc("  tcp_mode: kernel\n  endpoints: ['[fd10::1]:80']\n"))
+                .contains("services[0].tcp_mode: kernel: endpoint [fd10::1]:80 is not of the VIP")
+        );
+        assert!(problem(&svc("  tcp_mode: bypass\n")).contains("bypass"));
     }
 
     #[test]

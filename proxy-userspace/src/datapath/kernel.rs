@@ -3,7 +3,7 @@
 //! next agent (after a crash or an upgrade) adopts them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -20,14 +20,18 @@ use aya::{
     },
 };
 use proxy_common::{
-    AgentState, Counter, FourTuple, OrigDst, SockAddr, agent::HEARTBEAT_MAX_AGE_NS, enrolled,
+    AgentState, Counter, FourTuple, OrigDst, SockAddr,
+    agent::HEARTBEAT_MAX_AGE_NS,
+    enrolled,
+    lb::{BackendSlot, ConnectStats, LbService, Rewrite},
     listener_slot, map_names, map_sizes,
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use super::{
-    Datapath, DatapathError, MapUsage,
+    Datapath, DatapathError, KernelConnects, KernelFailure, MapUsage,
+    lb_maps::{LbMaps, failure_pump},
     mounts::{require_bpffs, require_cgroup2},
 };
 use crate::{config::Capacity, sync::lock, sys};
@@ -36,7 +40,8 @@ use crate::{config::Capacity, sync::lock, sys};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/proxy-ebpf"));
 
 /// Programs attached to the cgroup, in attach order.
-const PROGRAMS: [&str; 3] = ["sk_connect4", "sk_connect6", "sk_sockops"];
+const PROGRAMS: [&str; 5] =
+    ["sk_connect4", "sk_connect6", "sk_sockops", "sk_getpeername4", "sk_getpeername6"];
 
 pub struct KernelOptions {
     /// The cgroup v2 directory to attach to.
@@ -70,6 +75,8 @@ pub struct Kernel {
     orig_dst: Mutex<HashMap<MapData, FourTuple, OrigDst>>,
     counters: PerCpuArray<MapData, u64>,
     listeners: Mutex<SockMap<MapData>>,
+    lb: Mutex<LbMaps>,
+    failures: Mutex<Option<tokio::sync::mpsc::Receiver<KernelFailure>>>,
 }
 
 impl Kernel {
@@ -132,6 +139,12 @@ impl Kernel {
             orig_dst: Mutex::new(take_map(&mut ebpf, map_names::ORIG_BY_TUPLE)?),
             counters: take_map(&mut ebpf, map_names::COUNTERS)?,
             listeners: Mutex::new(take_map(&mut ebpf, map_names::LISTENERS)?),
+            lb: Mutex::new(LbMaps::new(
+                take_map(&mut ebpf, map_names::LB_SERVICES)?,
+                take_map(&mut ebpf, map_names::LB_BACKENDS)?,
+                take_map(&mut ebpf, map_names::LB_CONNECTS)?,
+            )),
+            failures: Mutex::new(failure_pump(&mut ebpf)),
             _ebpf: ebpf,
             links: Mutex::new(links),
             pin_dir: pin_dir.clone(),
@@ -280,6 +293,25 @@ impl Datapath for Kernel {
             })
             .collect()
     }
+
+    fn set_kernel_services(
+        &self,
+        services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    ) -> Result<(), DatapathError> {
+        lock(&self.lb).set(services)
+    }
+
+    fn take_kernel_failures(&self) -> Option<tokio::sync::mpsc::Receiver<KernelFailure>> {
+        lock(&self.failures).take()
+    }
+
+    fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {
+        let totals = lock(&self.lb).connects()?;
+        Ok(totals
+            .into_iter()
+            .map(|(key, stats)| ((key.vip.into(), key.to.into()), stats))
+            .collect())
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, DatapathError> {
@@ -396,7 +428,7 @@ fn prepare_pin_dir(dir: &Path, capacity: &Capacity) -> Result<(), DatapathError>
 
 /// Key size, value size and capacity of each pinned map, as this build and `capacity`
 /// define them.
-fn map_shapes(capacity: &Capacity) -> [(&'static str, (u32, u32, u32)); 9] {
+fn map_shapes(capacity: &Capacity) -> [(&'static str, (u32, u32, u32)); 13] {
     const fn size<T>() -> u32 {
         std::mem::size_of::<T>() as u32
     }
@@ -411,6 +443,17 @@ fn map_shapes(capacity: &Capacity) -> [(&'static str, (u32, u32, u32)); 9] {
         (map_names::NO_ACCEL, (size::<FourTuple>(), size::<u8>(), map_sizes::NO_ACCEL)),
         (map_names::LISTENERS, (size::<u32>(), size::<u32>(), map_sizes::LISTENERS)),
         (map_names::COUNTERS, (size::<u32>(), size::<u64>(), Counter::SLOTS)),
+        // A kernel-mode VIP is a VIP.
+        (map_names::LB_SERVICES, (size::<SockAddr>(), size::<LbService>(), c.services)),
+        (
+            map_names::LB_BACKENDS,
+            (size::<BackendSlot>(), size::<SockAddr>(), map_sizes::LB_BACKENDS),
+        ),
+        (
+            map_names::LB_CONNECTS,
+            (size::<Rewrite>(), size::<ConnectStats>(), map_sizes::LB_CONNECTS),
+        ),
+        (map_names::REWRITES, (size::<u64>(), size::<Rewrite>(), map_sizes::REWRITES)),
     ]
 }
 

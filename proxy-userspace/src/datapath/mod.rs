@@ -5,16 +5,22 @@
 
 pub mod evict;
 pub mod kernel;
+mod lb_maps;
 mod mounts;
 pub mod netns;
 mod recorder;
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 pub use kernel::{Kernel, KernelOptions};
 pub use mounts::{cgroup2_root, require_cgroup2};
-use proxy_common::{Counter, OrigDst};
+use proxy_common::{Counter, OrigDst, lb::ConnectStats};
 pub use recorder::Recorder;
+use tokio::sync::mpsc;
 
 use crate::config::Capacity;
 
@@ -48,7 +54,27 @@ pub trait Datapath: Send + Sync + 'static {
     fn full(&self) -> bool;
     /// The kernel's counters, summed over CPUs, in [`Counter::ALL`] order.
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError>;
+    /// Makes the VIPs in kernel mode exactly `services`' keys, each with its Ready
+    /// endpoints: the kernel sends a connect to such a VIP straight to one of them
+    /// (to the agent when there is none). Rewrites only what changed.
+    fn set_kernel_services(
+        &self,
+        services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    ) -> Result<(), DatapathError>;
+    /// What the kernel saw of the connects it sent straight to endpoints, per (VIP,
+    /// endpoint): totals that only grow, until the entry is dropped (the VIP leaves
+    /// kernel mode, or the map makes room).
+    fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError>;
+    /// Connects the kernel sent straight to an endpoint that failed, as they happen.
+    /// Taken once: `None` after that, or where the kernel cannot tell.
+    fn take_kernel_failures(&self) -> Option<mpsc::Receiver<KernelFailure>>;
 }
+
+/// A connect the kernel sent straight to an endpoint that failed: (VIP, endpoint).
+pub type KernelFailure = (SocketAddr, SocketAddr);
+
+/// One entry of [`Datapath::kernel_connects`]: (VIP, endpoint) and its counts.
+pub type KernelConnects = ((SocketAddr, SocketAddr), ConnectStats);
 
 /// One kernel map's entries against its capacity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

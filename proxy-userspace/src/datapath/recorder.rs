@@ -1,14 +1,15 @@
 //! A datapath that records what it is told, for tests that run without a kernel.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::Mutex,
 };
 
 use proxy_common::{Counter, OrigDst, SockAddr};
+use tokio::sync::mpsc;
 
-use super::{Datapath, DatapathError, MapUsage};
+use super::{Datapath, DatapathError, KernelConnects, KernelFailure, MapUsage};
 use crate::config::Capacity;
 
 #[derive(Default)]
@@ -23,6 +24,12 @@ pub struct Recorder {
     /// What `take_orig_dst` answers, keyed by client address: the original
     /// destination and the client's namespace cookie.
     pub orig_dst: Mutex<HashMap<SocketAddr, (SocketAddr, u64)>>,
+    /// The VIPs in kernel mode and their endpoints, as last set.
+    pub kernel_services: Mutex<BTreeMap<SocketAddr, Vec<SocketAddr>>>,
+    /// What `kernel_connects` answers.
+    pub kernel_connects: Mutex<Vec<KernelConnects>>,
+    /// What `take_kernel_failures` hands over.
+    pub kernel_failures: Mutex<Option<mpsc::Receiver<KernelFailure>>>,
 }
 
 impl Datapath for Recorder {
@@ -81,5 +88,21 @@ impl Datapath for Recorder {
 
     fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
         Ok(Counter::ALL.iter().map(|c| (*c, 0)).collect())
+    }
+
+    fn set_kernel_services(
+        &self,
+        services: &BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    ) -> Result<(), DatapathError> {
+        *self.kernel_services.lock().unwrap() = services.clone();
+        Ok(())
+    }
+
+    fn kernel_connects(&self) -> Result<Vec<KernelConnects>, DatapathError> {
+        Ok(self.kernel_connects.lock().unwrap().clone())
+    }
+
+    fn take_kernel_failures(&self) -> Option<mpsc::Receiver<KernelFailure>> {
+        self.kernel_failures.lock().unwrap().take()
     }
 }

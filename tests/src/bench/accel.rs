@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Usage, say};
-use crate::{EchoNode, ServiceSpec, echo_node::MIRROR_PORT};
+use crate::{EchoNode, Pod, ServiceSpec, echo_node::MIRROR_PORT};
 
 const VIP: &str = "10.96.0.11:7001";
 /// Not a VIP sockeye knows: connects to it are left to the REDIRECT rule.
@@ -77,24 +77,55 @@ fn mirror_node() -> anyhow::Result<(EchoNode, ServiceSpec, crate::Proc)> {
     Ok((node, service, mirror))
 }
 
-fn report(node: &EchoNode, args: &[&str], timeout: Duration) -> anyhow::Result<serde_json::Value> {
-    let mut run = node.client().spawn(args)?;
+/// Runs `sk-pod ARGS` in `pod` and reads the JSON line it ends with.
+pub(super) fn report(
+    pod: &Pod,
+    args: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let mut run = pod.spawn(args)?;
     run.wait(timeout)?;
     let log = run.log();
-    let line = log.lines().rev().find(|l| l.starts_with('{')).with_context(|| log.clone())?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("sk-pod {} in {}: {log}", args.join(" "), pod.name))?;
     Ok(serde_json::from_str(line)?)
 }
 
 fn hop(node: &EchoNode, options: &Options, accel: bool) -> anyhow::Result<Hop> {
+    let traffic = traffic(node.client(), VIP, options)?;
+    Ok(Hop {
+        accel,
+        round_trips_per_second: traffic.round_trips_per_second,
+        p50_us: traffic.p50_us,
+        p99_us: traffic.p99_us,
+        stream_mib_per_second: traffic.stream_mib_per_second,
+        ..Hop::default()
+    })
+}
+
+/// Round trips of 100 bytes and 64 MiB streams from `pod` to a byte mirror at `to`,
+/// over `options.connections` connections.
+#[derive(Debug, Default, Serialize)]
+pub struct Traffic {
+    pub round_trips_per_second: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub stream_mib_per_second: f64,
+}
+
+pub(super) fn traffic(pod: &Pod, to: &str, options: &Options) -> anyhow::Result<Traffic> {
     let (n, ms) = (options.connections.to_string(), options.round.as_millis().to_string());
     let args =
-        ["tcp-pingpong", "--to", VIP, "--connections", &n, "--duration-ms", &ms, "--size", "100"];
-    let pingpong = report(node, &args, options.round * 4)?;
+        ["tcp-pingpong", "--to", to, "--connections", &n, "--duration-ms", &ms, "--size", "100"];
+    let pingpong = report(pod, &args, options.round * 4)?;
     let bytes = 64u64 << 20;
     let args = [
         "tcp-stream",
         "--to",
-        VIP,
+        to,
         "--connections",
         &n,
         "--bytes",
@@ -102,11 +133,10 @@ fn hop(node: &EchoNode, options: &Options, accel: bool) -> anyhow::Result<Hop> {
         "--chunk",
         "65536",
     ];
-    let stream = report(node, &args, Duration::from_secs(120))?;
+    let stream = report(pod, &args, Duration::from_secs(120))?;
     anyhow::ensure!(stream["intact"] == options.connections, "stream not intact: {stream}");
     let seconds = stream["elapsed_ms"].as_f64().unwrap_or(0.0) / 1000.0;
-    Ok(Hop {
-        accel,
+    Ok(Traffic {
         round_trips_per_second: pingpong["rate"].as_f64().unwrap_or(0.0),
         p50_us: pingpong["p50_us"].as_u64().unwrap_or(0),
         p99_us: pingpong["p99_us"].as_u64().unwrap_or(0),
@@ -114,7 +144,6 @@ fn hop(node: &EchoNode, options: &Options, accel: bool) -> anyhow::Result<Hop> {
             ((bytes * options.connections as u64) >> 20) as f64,
             seconds,
         ),
-        ..Hop::default()
     })
 }
 
@@ -166,7 +195,7 @@ fn connects(node: &EchoNode) -> anyhow::Result<Vec<Connect>> {
             .iter()
             .map(|(path, to)| {
                 let r = report(
-                    node,
+                    node.client(),
                     &["tcp-connect", "--to", to, "--count", "3000"],
                     Duration::from_secs(60),
                 )?;

@@ -4,8 +4,10 @@
 //!       Listens on [::]:P (IPv4 and IPv6). Each connection first receives
 //!       "NAME CLIENT-IP\n", then has its bytes echoed back.
 //!   sk-pod tcp-probe --to ADDR --count N [--concurrency C] [--timeout-ms T]
-//!       Opens N connections to ADDR (C at a time), checks each against an echo
-//!       backend, and prints a JSON report (sandbox::probe::Report) as its last line.
+//!                    [--duration-ms D]
+//!       Opens N connections to ADDR (C at a time; with D, stops after D ms if not
+//!       done), checks each against an echo backend and what getpeername() says, and
+//!       prints a JSON report (sandbox::probe::Report) as its last line.
 //!   sk-pod grpc-server --port P --name NAME [--refuse-ms X] [--not-serving-ms Y]
 //!                      [--no-watch true]
 //!       A gRPC backend: sockeye.test.Echo and grpc.health.v1, steered from stdin
@@ -38,11 +40,17 @@
 //!       Over N connections, sends S bytes and waits for them to come back, again and
 //!       again for D ms; prints {"round_trips","rate","p50_us","p99_us"}.
 //!   sk-pod tcp-connect --to ADDR --count N
-//!       Connects and closes N times in a row; prints {"count","failed","p50_us","p99_us"}
-//!       of the time connect() took.
+//!       Connects and closes N times in a row; prints {"count","failed","p50_us","p99_us",
+//!       "per_second"}: the time connect() took, and connects (with closes) per second.
 //!   sk-pod tcp-idle --to ADDR --count N --hold-ms H
 //!       Opens N connections that never send, holds them H ms, then prints
 //!       {"opened","still_open"}: how many the far side had not closed.
+//!   sk-pod tcp-watch --to ADDR --count N
+//!       Opens N connections to an echo backend and prints `conn I BACKEND` for each,
+//!       then `held N`; then `conn I BACKEND ended: ERROR|eof` the moment one ends. On a
+//!       line `check` on stdin, sends a line on each open connection and prints
+//!       `conn I BACKEND alive` when it comes back (`broken: ERROR` if not), then
+//!       `checked`.
 //!   sk-pod tcp-junk --to ADDR [--hold-ms H]
 //!       Opens misbehaving connections (garbage after the HTTP/2 preface, a half
 //!       close, silence) and holds them open.
@@ -72,6 +80,9 @@ use sandbox::{
     web,
 };
 
+#[path = "sk-pod/watch.rs"]
+mod watch;
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
@@ -85,7 +96,13 @@ fn main() -> anyhow::Result<()> {
             let count = get("count")?.parse()?;
             let concurrency = flags.get("concurrency").map_or(Ok(1), |c| c.parse())?;
             let timeout = flags.get("timeout-ms").map_or(Ok(2000), |t| t.parse())?;
-            let report = probe(to, count, concurrency, Duration::from_millis(timeout));
+            let until = flags
+                .get("duration-ms")
+                .map(|ms| {
+                    ms.parse().map(|ms| std::time::Instant::now() + Duration::from_millis(ms))
+                })
+                .transpose()?;
+            let report = probe(to, count, concurrency, Duration::from_millis(timeout), until);
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -151,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         "tcp-idle" => {
             idle(get("to")?.parse()?, get("count")?.parse()?, millis(&flags, "hold-ms", 0)?)
         }
+        "tcp-watch" => watch::run(get("to")?.parse()?, get("count")?.parse()?),
         "tcp-junk" => junk(get("to")?.parse()?, millis(&flags, "hold-ms", 2_000)?),
         "http1-hold" => http1_hold(get("to")?.parse()?),
         "pause" => pause(),
@@ -161,7 +179,7 @@ fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: sk-pod tcp-echo | tcp-probe | grpc-server | grpc-load | grpc-shape \
              | http-server | http-shape | tcp-hold | tcp-mirror | tcp-stream | tcp-pingpong \
-             | tcp-connect | tcp-idle | tcp-junk | http1-hold | pause | cpu-burn \
+             | tcp-connect | tcp-watch | tcp-idle | tcp-junk | http1-hold | pause | cpu-burn \
              (see the source header)"
         ),
     }
@@ -211,21 +229,31 @@ fn serve_echo(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn probe(to: SocketAddr, count: usize, concurrency: usize, timeout: Duration) -> Report {
+fn probe(
+    to: SocketAddr,
+    count: usize,
+    concurrency: usize,
+    timeout: Duration,
+    until: Option<std::time::Instant>,
+) -> Report {
     let report = Mutex::new(Report::default());
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let concurrency = concurrency.clamp(1, count.max(1));
     std::thread::scope(|scope| {
-        for worker in 0..concurrency {
-            let report = &report;
+        for _ in 0..concurrency {
+            let (report, next) = (&report, &next);
             scope.spawn(move || {
-                for _ in (worker..count).step_by(concurrency) {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count
+                    && until.is_none_or(|until| std::time::Instant::now() < until)
+                {
                     let outcome = check_once(to, timeout);
                     let mut report = report.lock().unwrap();
                     match outcome {
-                        Ok((backend, peer)) => {
+                        Ok((backend, peer, remote)) => {
                             report.ok += 1;
                             *report.backends.entry(backend).or_default() += 1;
                             *report.peers.entry(peer).or_default() += 1;
+                            *report.remote_addrs.entry(remote).or_default() += 1;
                         }
                         Err(err) => {
                             report.failed += 1;
@@ -239,9 +267,11 @@ fn probe(to: SocketAddr, count: usize, concurrency: usize, timeout: Duration) ->
     report.into_inner().unwrap()
 }
 
-/// One connection: read the backend's greeting, check one echoed line.
-fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, String)> {
+/// One connection: read the backend's greeting, check one echoed line. Returns the
+/// backend's name, the client address it saw, and the peer getpeername() gave.
+fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, String, String)> {
     let mut stream = TcpStream::connect_timeout(&to, timeout).context("connect")?;
+    let remote = stream.peer_addr().context("getpeername")?.to_string();
     stream.set_read_timeout(Some(timeout))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut greeting = String::new();
@@ -253,11 +283,12 @@ fn check_once(to: SocketAddr, timeout: Duration) -> anyhow::Result<(String, Stri
     if echoed != "ping\n" {
         bail!("bad echo {echoed:?}");
     }
-    Ok((backend.to_string(), peer.to_string()))
+    Ok((backend.to_string(), peer.to_string(), remote))
 }
 
 fn mirror(port: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    sandbox::deepen_backlog(&listener, 4096)?;
     println!("mirror listening on {}", listener.local_addr()?);
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
@@ -394,6 +425,7 @@ fn read_exact_retrying(conn: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Res
 fn connects(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
     let mut failed = 0;
+    let started = std::time::Instant::now();
     for _ in 0..count {
         let at = std::time::Instant::now();
         match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
@@ -407,6 +439,7 @@ fn connects(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "count": count, "failed": failed,
         "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+        "per_second": count as f64 / started.elapsed().as_secs_f64(),
     });
     println!("{report}");
     Ok(())

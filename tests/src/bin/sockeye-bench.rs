@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use sandbox::bench;
 
 const USAGE: &str = "\
-sockeye-bench [grpc] [peers] [accel] [load] [--rate N] [--seconds S] [--rounds R]
+sockeye-bench [grpc] [peers] [accel] [tcp] [load] [--rate N] [--seconds S] [--rounds R]
 
   grpc          gRPC unary from an enrolled Pod: direct to a backend Pod vs through the
                 agent to the same Pod; latency percentiles, agent CPU per 1k calls and
@@ -18,7 +18,11 @@ sockeye-bench [grpc] [peers] [accel] [load] [--rate N] [--seconds S] [--rounds R
   accel         the Pod→agent hop with socket acceleration off and on (round trips of
                 100 bytes and 64 MiB streams over 8 connections, agent CPU), and connect
                 latency: direct, sockeye's connect steering, an iptables REDIRECT rule
-                (no suite named: these three)
+  tcp           a plain TCP service (a byte mirror) reached straight, through kube-proxy
+                DNAT, in sockeye's kernel mode, and in relay mode with acceleration off
+                and on: connects/s and connect latency, 100-byte round trips, stream
+                throughput, agent CPU per 1k connections (median of --rounds)
+                (no suite named: grpc, peers, accel, tcp)
   load          idle connections through the agent beside 5,000 gRPC calls/s for 60 s:
                 failures, idle connections kept, agent RSS (run it by name)
   --rate N      calls per second in the latency rounds (default 1000)
@@ -44,7 +48,7 @@ fn run() -> anyhow::Result<()> {
         rounds: 3,
         ramp: vec![1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000],
     };
-    let (mut grpc, mut peers, mut accel, mut load) = (false, false, false, false);
+    let (mut grpc, mut peers, mut accel, mut tcp, mut load) = (false, false, false, false, false);
     let mut idle = 9_000;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -53,6 +57,7 @@ fn run() -> anyhow::Result<()> {
             "grpc" => grpc = true,
             "peers" => peers = true,
             "accel" => accel = true,
+            "tcp" => tcp = true,
             "load" => load = true,
             "--rate" => options.rate = value("--rate")?.parse()?,
             "--seconds" => options.round = Duration::from_secs(value("--seconds")?.parse()?),
@@ -65,8 +70,8 @@ fn run() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
-    if !grpc && !peers && !accel && !load {
-        (grpc, peers, accel) = (true, true, true);
+    if !grpc && !peers && !accel && !tcp && !load {
+        (grpc, peers, accel, tcp) = (true, true, true, true);
     }
     if grpc {
         let results = bench::grpc::run(&options)?;
@@ -97,6 +102,20 @@ fn run() -> anyhow::Result<()> {
         let path = bench::save("bench-accel", &results)?;
         std::fs::write(path.with_extension("md"), &table)?;
         println!("results saved to {} (and bench-accel.md)", path.display());
+    }
+    if tcp {
+        let tcp_options = bench::tcp::Options {
+            round: options.round,
+            connections: 8,
+            connects: 5000,
+            rounds: options.rounds,
+        };
+        let results = bench::tcp::run(&tcp_options)?;
+        let table = bench::tcp::table(&results);
+        println!("\n== a plain TCP service: direct, DNAT, kernel mode, relay mode ==\n\n{table}");
+        let path = bench::save("bench-tcp", &results)?;
+        std::fs::write(path.with_extension("md"), &table)?;
+        println!("results saved to {} (and bench-tcp.md)", path.display());
     }
     if load {
         let scale = bench::load::Scale { idle, rate: 5_000, duration: Duration::from_secs(60) };

@@ -11,6 +11,8 @@ pub use outlier::OutlierPolicy;
 pub use retry::{RetryOn, RetryPolicy};
 pub use timeout::TimeoutPolicy;
 
+use super::TcpMode;
+
 /// Everything that governs how one service's requests are balanced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -18,6 +20,8 @@ pub struct Policy {
     pub outlier: OutlierPolicy,
     pub retry: RetryPolicy,
     pub timeout: TimeoutPolicy,
+    /// Relay or kernel mode, for `tcp` services.
+    pub tcp_mode: TcpMode,
 }
 
 impl Policy {

@@ -7,12 +7,18 @@ use std::net::IpAddr;
 use kube::core::DynamicObject;
 use serde::Deserialize;
 
-use crate::{config::Protocol, discovery::Condition};
+use crate::{
+    config::{Protocol, TcpMode},
+    discovery::Condition,
+};
 
 /// The label that opts a namespace in (`enabled`) or a Pod out (`disabled`).
 pub const PROXY_LABEL: &str = "sockeye.dev/proxy";
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The annotation that puts a Service's opaque TCP ports in kernel mode (`kernel`) or
+/// relay mode (`relay`, the default).
+pub const TCP_MODE_ANNOTATION: &str = "sockeye.dev/tcp-mode";
 
 /// Why an object was skipped.
 pub type Skip = String;
@@ -35,6 +41,8 @@ pub struct Pod {
 pub struct Service {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
+    /// From the [`TCP_MODE_ANNOTATION`].
+    pub tcp_mode: TcpMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,7 +171,17 @@ pub fn service(object: &DynamicObject) -> Result<Service, Skip> {
         let protocol = protocol(p.app_protocol.as_deref(), &name);
         ports.push(ServicePort { name, port, protocol });
     }
-    Ok(Service { cluster_ips, ports })
+    let annotation = object.metadata.annotations.as_ref().and_then(|a| a.get(TCP_MODE_ANNOTATION));
+    let tcp_mode = match annotation.map(String::as_str) {
+        None | Some("relay") => TcpMode::Relay,
+        Some("kernel") => TcpMode::Kernel,
+        Some(other) => {
+            return Err(format!(
+                "annotation {TCP_MODE_ANNOTATION}: {other:?} is not kernel or relay"
+            ));
+        }
+    };
+    Ok(Service { cluster_ips, ports, tcp_mode })
 }
 
 /// How a port's traffic is handled: `appProtocol` first, then the port name's prefix
@@ -337,6 +355,20 @@ mod tests {
                 ("db", 5432, Protocol::Tcp)
             ]
         );
+    }
+
+    #[test]
+    fn an_annotation_puts_a_services_tcp_ports_in_kernel_mode() {
+        let annotated = |value: &str| {
+            service(&object(json!({
+                "metadata": {"name": "db", "namespace": "shop",
+                             "annotations": {TCP_MODE_ANNOTATION: value}},
+                "spec": {"clusterIP": "10.96.0.8", "ports": [{"port": 5432}]},
+            })))
+        };
+        assert_eq!(annotated("kernel").unwrap().tcp_mode, TcpMode::Kernel);
+        assert_eq!(annotated("relay").unwrap().tcp_mode, TcpMode::Relay);
+        assert!(annotated("fast").unwrap_err().contains("sockeye.dev/tcp-mode: \"fast\""));
     }
 
     #[test]

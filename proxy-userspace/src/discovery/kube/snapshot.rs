@@ -152,7 +152,7 @@ impl Snapshot {
                         name: name.clone(),
                         vip: SocketAddr::new(ip, port.port),
                         protocol: port.protocol,
-                        policy: Policy::default(),
+                        policy: Policy { tcp_mode: service.tcp_mode, ..Policy::default() },
                         endpoints: endpoints(Some(ip.is_ipv6())),
                     });
                 }
