@@ -19,7 +19,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{io::AsyncReadExt as _, net::TcpListener, sync::watch};
+use tokio::{
+    io::AsyncReadExt as _,
+    net::{TcpListener, TcpSocket},
+    sync::watch,
+};
 use tracing::{info, warn};
 
 use crate::sys;
@@ -68,8 +72,18 @@ impl Listeners {
     }
 }
 
+/// Connections the kernel may queue for `accept` (capped by `net.core.somaxconn`): a
+/// burst of connects beyond it would see dropped SYNs and a second's wait.
+const BACKLOG: u32 = 4096;
+
 async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
+    let listen = || -> io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().with_context(|| {
         format!(
             "{field}: cannot listen on {addr}; if the address is missing on this node, \
              add it (for example `ip addr add {}/32 dev lo`); if another program holds \
