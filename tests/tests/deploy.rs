@@ -88,7 +88,7 @@ fn manifests_parse_into_their_types_and_keep_the_invariants() {
     assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
     assert_eq!(
         capabilities.add.unwrap(),
-        ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"]
+        ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_NICE", "SYS_PTRACE", "SYS_RESOURCE"]
     );
     let node_name = agent.env.clone().unwrap().into_iter().find(|e| e.name == "NODE_NAME").unwrap();
     let field = node_name.value_from.unwrap().field_ref.unwrap();
