@@ -290,9 +290,18 @@ impl Config {
 }
 
 fn default_listen() -> SocketAddr {
-    DEFAULT_LISTEN.parse().expect("a valid default")
+    SocketAddr::from(([169, 254, 77, 1], 15001))
 }
 
 fn default_admin() -> SocketAddr {
-    DEFAULT_ADMIN.parse().expect("a valid default")
+    SocketAddr::from(([127, 0, 0, 1], 15090))
+}
+
+#[cfg(test)]
+mod default_tests {
+    #[test]
+    fn the_defaults_say_what_the_documented_strings_say() {
+        assert_eq!(super::default_listen().to_string(), super::DEFAULT_LISTEN);
+        assert_eq!(super::default_admin().to_string(), super::DEFAULT_ADMIN);
+    }
 }
