@@ -21,6 +21,8 @@ pub use validate::check_admin;
 pub const DEFAULT_LISTEN: &str = "169.254.77.1:15001";
 /// The admin endpoint (`/healthz`, `/readyz`) unless the file says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
+/// How long a service stays started with no connection unless the file says otherwise.
+pub const DEFAULT_SERVICE_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,11 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub capacity: Capacity,
+    /// A service's balancer, upstream connections and health checks start with the
+    /// first connection a Pod on this node makes to it, and stop after this long
+    /// with no connection open (its VIP stays steered). Read at start. Default 5m.
+    #[serde(default = "default_service_idle", deserialize_with = "duration::deserialize")]
+    pub service_idle_timeout: std::time::Duration,
     #[serde(default)]
     pub enroll: Enroll,
     #[serde(default)]
@@ -247,6 +254,7 @@ impl Config {
             admin: default_admin(),
             limits: Limits::default(),
             capacity: Capacity::default(),
+            service_idle_timeout: DEFAULT_SERVICE_IDLE,
             enroll: Enroll::default(),
             services: Vec::new(),
         }
@@ -277,4 +285,8 @@ fn default_listen() -> SocketAddr {
 
 fn default_admin() -> SocketAddr {
     DEFAULT_ADMIN.parse().expect("a valid default")
+}
+
+fn default_service_idle() -> std::time::Duration {
+    DEFAULT_SERVICE_IDLE
 }

@@ -13,8 +13,8 @@ struct Harness {
 }
 
 fn start(policy: Policy) -> Harness {
-    let (service, outcomes) =
-        Service::new("greeter", "10.96.0.10:80".parse().unwrap(), Protocol::Grpc, policy);
+    let service = Service::new("greeter", "10.96.0.10:80".parse().unwrap(), Protocol::Grpc, policy);
+    let outcomes = service.reports();
     let (owner, findings) =
         Owner::new(service.clone(), broadcast::Sender::new(64), Arc::new(Manual));
     let results = owner.results.clone();
