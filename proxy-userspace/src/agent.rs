@@ -401,7 +401,9 @@ fn cold_services(desired: &Desired, state: &State) -> Vec<String> {
         .iter()
         .filter(|d| d.endpoints.iter().any(|e| e.condition == Condition::Ready))
         .filter(|d| {
-            state.lookup(&d.vip).is_some_and(|s| s.demand.active() && s.endpoints().ready.is_empty())
+            state
+                .lookup(&d.vip)
+                .is_some_and(|s| s.demand.active() && s.endpoints().ready.is_empty())
         })
         .map(|d| d.name.clone())
         .collect()

@@ -5,12 +5,7 @@
 //! An endpoint is gone when discovery stops listing it, or when it has stayed
 //! unhealthy or ejected for [`SUSPECT_GRACE`] (a frozen Pod the API still lists).
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{broadcast, watch},

@@ -176,3 +176,47 @@ impl Discovery for Fixed {
         self.0.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, endpoints: &[u8]) -> Arc<DesiredService> {
+        Arc::new(DesiredService {
+            name: name.into(),
+            vip: "10.96.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            policy: Policy::default(),
+            endpoints: endpoints
+                .iter()
+                .map(|&n| DesiredEndpoint {
+                    addr: SocketAddr::from(([10, 0, 0, n], 80)),
+                    condition: Condition::Ready,
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn gone_since_names_addresses_listed_nowhere_any_more() {
+        let (a, b) = (service("a", &[1, 2, 3]), service("b", &[4]));
+        let db = Arc::new(HeadlessService {
+            name: "db".into(),
+            endpoints: vec![([10, 0, 0, 9], 80).into()],
+        });
+        let before = Desired {
+            services: vec![a, b.clone()],
+            headless: vec![db.clone()],
+            ..Desired::default()
+        };
+        // a drops 1 and 2; 2 moves to the new service c; b and db are the same.
+        let after = Desired {
+            services: vec![service("a", &[3]), b, service("c", &[2])],
+            headless: vec![db],
+            ..Desired::default()
+        };
+        assert_eq!(after.gone_since(&before), [("a".to_string(), ([10, 0, 0, 1], 80).into())]);
+        assert!(after.gone_since(&after).is_empty());
+        assert_eq!(Desired::default().gone_since(&after).len(), 4, "all gone");
+    }
+}

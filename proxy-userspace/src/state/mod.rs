@@ -158,9 +158,9 @@ impl State {
             desired.iter().map(|d| (d.vip, d)).collect();
         let before = owned.len();
         owned.retain(|vip, o| {
-            let keep = wanted.get(vip).is_some_and(|d| {
-                *o.service.name == *d.name && o.service.protocol == d.protocol
-            });
+            let keep = wanted
+                .get(vip)
+                .is_some_and(|d| *o.service.name == *d.name && o.service.protocol == d.protocol);
             if !keep && let Some(started) = o.owner.take() {
                 let _ = started.commands.send(Command::Stop);
             }

@@ -123,7 +123,8 @@ impl Owner {
         let policy = self.service.policy();
         let mut wake = self.outlier.next_due(&policy.outlier);
         for entry in self.endpoints.values() {
-            let busy = entry.endpoint.load.outstanding.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            let busy =
+                entry.endpoint.load.outstanding.load(std::sync::atomic::Ordering::Relaxed) > 0;
             let draining = busy && entry.endpoint.lifecycle() == Lifecycle::Draining;
             let poll = draining.then(|| now + TICK);
             let deadline = entry.record.next_deadline(now, policy.timeout.drain);

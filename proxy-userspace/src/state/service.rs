@@ -40,7 +40,12 @@ pub type Reports = mpsc::Receiver<(Arc<Endpoint>, Outcome)>;
 
 impl Service {
     /// A service with no endpoints, not started.
-    pub(crate) fn new(name: &str, vip: SocketAddr, protocol: Protocol, policy: Policy) -> Arc<Self> {
+    pub(crate) fn new(
+        name: &str,
+        vip: SocketAddr,
+        protocol: Protocol,
+        policy: Policy,
+    ) -> Arc<Self> {
         let empty = Arc::new(EndpointSet::default());
         Arc::new(Self {
             name: name.into(),

@@ -98,7 +98,13 @@ impl Drop for Running {
 }
 
 impl Checker for Scripted {
-    fn start(&self, addr: SocketAddr, _: Protocol, _: HealthPolicy, results: Results) -> JoinHandle<()> {
+    fn start(
+        &self,
+        addr: SocketAddr,
+        _: Protocol,
+        _: HealthPolicy,
+        results: Results,
+    ) -> JoinHandle<()> {
         crate::sync::lock(&self.results).push((addr, results));
         self.running.fetch_add(1, Ordering::SeqCst);
         let running = Running(self.running.clone());
@@ -160,7 +166,10 @@ async fn a_known_service_starts_on_its_first_connection_and_stops_when_idle() {
     assert_eq!(state.started(), 1, "not idle long enough yet");
     until(&svc, |set| set.all.is_empty()).await;
     let stopped = closed.elapsed();
-    assert!(stopped >= Duration::from_secs(60) && stopped <= Duration::from_secs(67), "{stopped:?}");
+    assert!(
+        stopped >= Duration::from_secs(60) && stopped <= Duration::from_secs(67),
+        "{stopped:?}"
+    );
     tokio::task::yield_now().await;
     assert_eq!((checker.running(), state.started()), (0, 0), "checks stopped with it");
     assert!(!svc.demand.active());

@@ -571,4 +571,46 @@ mod tests {
         let names: Vec<_> = s.desired(vec![]).services.iter().map(|d| d.name.clone()).collect();
         assert_eq!(names, ["shop/web:80"]);
     }
+
+    #[test]
+    fn a_change_builds_its_service_again_and_the_others_stay_shared() {
+        let mut s = snapshot();
+        s.service(Event::Apply(cart_service()));
+        let web = object(json!({"metadata": {"name": "web", "namespace": "shop"},
+                                "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80}]}}));
+        s.service(Event::Apply(web));
+        let slice = |address: &str| {
+            cart_slice(
+                "cart-1",
+                "IPv4",
+                json!([{"addresses": [address],
+                "targetRef": {"kind": "Pod", "uid": "u1"}}]),
+            )
+        };
+        s.slice(Event::Apply(slice("10.0.0.1")));
+        let before = s.desired(vec![]);
+        assert_eq!(before.services.len(), 3, "cart v4 and v6, web");
+
+        s.slice(Event::Apply(slice("10.0.0.2")));
+        let after = s.desired(vec![]);
+        let shared = |a: &Desired, b: &Desired| -> Vec<bool> {
+            a.services.iter().zip(&b.services).map(|(x, y)| Arc::ptr_eq(x, y)).collect()
+        };
+        assert_eq!(shared(&before, &after), [false, true, true], "cart v4 rebuilt");
+        assert_eq!(after.services[0].endpoints[0].addr.to_string(), "10.0.0.2:8080");
+
+        // The same object again changes nothing, not even an allocation.
+        s.slice(Event::Apply(slice("10.0.0.2")));
+        assert_eq!(shared(&after, &s.desired(vec![])), [true, true, true]);
+
+        // A Pod of the slice being deleted on this node rebuilds it.
+        let deleting = json!({"metadata": {"deletionTimestamp": "2026-11-23T10:00:00Z"}});
+        s.pod(Event::Apply(pod("c1", "shop", "u1", deleting)), "node-1");
+        let later = s.desired(vec![]);
+        assert_eq!(shared(&after, &later), [false, true, true]);
+        assert_eq!(later.services[0].endpoints[0].condition, Condition::Terminating);
+
+        s.service(Event::Delete(cart_service()));
+        assert_eq!(s.desired(vec![]).services.len(), 1, "only web");
+    }
 }
