@@ -216,6 +216,20 @@ pub fn keys(text: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// The settings alone: no services, no enrolled namespaces.
+    pub fn without_services(&self) -> Self {
+        Self {
+            listen: self.listen,
+            listen6: self.listen6,
+            admin: self.admin,
+            limits: self.limits,
+            capacity: self.capacity,
+            service_idle_timeout: self.service_idle_timeout,
+            enroll: Enroll::default(),
+            services: Vec::new(),
+        }
+    }
+
     /// The proxy's listen addresses: IPv4, then IPv6 if set.
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
         [Some(self.listen), self.listen6].into_iter().flatten().collect()

@@ -35,8 +35,8 @@ impl StaticFile {
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
         let poller = Poller {
             path: path.to_owned(),
-            first: config.clone(),
-            current: config.clone(),
+            first: config.without_services(),
+            had_services: !config.services.is_empty(),
             last_text: text,
         };
         let reload = Arc::new(Notify::new());
@@ -69,9 +69,11 @@ enum Checked {
 
 struct Poller {
     path: PathBuf,
+    /// The first config's settings read at start (its services are not kept: one
+    /// copy of them lives in the desired state).
     first: Config,
     /// The last config taken.
-    current: Config,
+    had_services: bool,
     last_text: String,
 }
 
@@ -132,7 +134,7 @@ impl Poller {
                     self.path.display()
                 );
                 let desired = Desired::from(&config);
-                self.current = config;
+                self.had_services = !config.services.is_empty();
                 Checked::New(desired)
             }
             Err(problem) => {
@@ -145,7 +147,7 @@ impl Poller {
     /// Refuses a new file that would drop every service without saying so: one
     /// truncated before its `services` key.
     fn not_emptied_by_accident(&self, new: Config) -> Result<Config, String> {
-        let had = !self.current.services.is_empty();
+        let had = self.had_services;
         let says = crate::config::keys(&self.last_text).iter().any(|k| k == "services");
         if had && new.services.is_empty() && !says {
             return Err(format!(
@@ -162,8 +164,12 @@ impl Poller {
         if (new.listen, new.listen6, new.admin) != (first.listen, first.listen6, first.admin) {
             warn!("listen, listen6 and admin changes take effect only when the agent restarts");
         }
-        if (new.limits, new.capacity) != (first.limits, first.capacity) {
-            warn!("limits and capacity changes take effect only when the agent restarts");
+        let fixed = |c: &Config| (c.limits, c.capacity, c.service_idle_timeout);
+        if fixed(new) != fixed(first) {
+            warn!(
+                "limits, capacity and service_idle_timeout changes take effect only when the \
+                 agent restarts"
+            );
         }
     }
 }
