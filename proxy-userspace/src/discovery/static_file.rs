@@ -27,8 +27,9 @@ pub struct StaticFile {
 
 impl StaticFile {
     /// Loads `path` (an error if it is invalid) and starts watching it for changes.
-    /// Returns the first config too: its listen and admin addresses are fixed for the
-    /// agent's lifetime.
+    /// Returns the first config's settings too (without its services, which are in
+    /// the desired state): its listen and admin addresses are fixed for the agent's
+    /// lifetime.
     pub fn start(path: &Path, interval: Duration) -> Result<(Self, Config), ConfigError> {
         let text = read(path)?;
         let config = Config::parse(path, &text)?;
@@ -42,7 +43,11 @@ impl StaticFile {
         let reload = Arc::new(Notify::new());
         let (rejections, rejected) = watch::channel(0);
         tokio::spawn(poller.run(tx, interval, reload.clone(), rejections));
-        Ok((Self { rx, reload, rejected }, config))
+        // The agent keeps the settings; the services live once, in the desired state.
+        let settings = config.without_services();
+        drop(config);
+        crate::sys::release_free_memory();
+        Ok((Self { rx, reload, rejected }, settings))
     }
 }
 
@@ -209,8 +214,9 @@ mod tests {
     async fn a_changed_file_is_applied_and_an_invalid_one_is_not() {
         let path = temp_file(ONE);
         let (discovery, config) = StaticFile::start(&path, POLL_INTERVAL).unwrap();
-        assert_eq!(config.services.len(), 1);
+        assert!(config.services.is_empty(), "the settings only: services are in the state");
         let mut rx = discovery.watch();
+        assert_eq!(rx.borrow().services.len(), 1);
         assert_eq!(endpoint(&rx), "10.10.0.11:80");
 
         std::fs::write(&path, TWO).unwrap();

@@ -175,6 +175,8 @@ impl Watches {
             }
             let desired = self.snapshot.desired(self.enroll.clone());
             if first {
+                // The initial lists' JSON is gone: give its memory back.
+                crate::sys::release_free_memory();
                 info!(
                     services = desired.services.len(),
                     pods = self.snapshot.enrolled_pods().count(),
