@@ -202,9 +202,10 @@ async fn serve(
     owner: &mut bool,
 ) -> anyhow::Result<Ending> {
     let readiness = Arc::new(Readiness::default());
-    let state = Arc::new(State::default());
+    let state = Arc::new(State::default().idle_after(config.service_idle_timeout));
     let metrics = Metrics::new(kernel.clone(), state.clone());
     let mut tasks = JoinSet::new();
+    tasks.spawn(state.expire_idle());
     let admin = Arc::new(Admin {
         readiness: readiness.clone(),
         metrics: metrics.clone(),
@@ -381,9 +382,11 @@ impl signals::Handler for Summary {
 /// ready endpoints before it takes connections.
 const WARM_UP: Duration = Duration::from_secs(5);
 
-/// Waits until every service with an endpoint discovery calls ready has one that
-/// passed its health check, or [`WARM_UP`] passes; a successor taking over before
-/// then would answer UNAVAILABLE where its predecessor had a backend.
+/// Waits until every started service with an endpoint discovery calls ready has one
+/// that passed its health check, or [`WARM_UP`] passes; a successor taking over
+/// before then would answer UNAVAILABLE where its predecessor had a backend. Services
+/// start on their first connection (whose cold start waits for the first checks);
+/// only those that are always in use are started here.
 async fn warm_up(desired: &Desired, state: &State) {
     let deadline = tokio::time::Instant::now() + WARM_UP;
     let mut transitions = state.subscribe();
@@ -403,13 +406,18 @@ async fn warm_up(desired: &Desired, state: &State) {
     }
 }
 
-/// Services discovery gives a ready endpoint that no health check has passed yet.
+/// Started services discovery gives a ready endpoint that no health check has passed
+/// yet.
 fn cold_services(desired: &Desired, state: &State) -> Vec<String> {
     desired
         .services
         .iter()
         .filter(|d| d.endpoints.iter().any(|e| e.condition == Condition::Ready))
-        .filter(|d| state.lookup(&d.vip).is_none_or(|s| s.endpoints().ready.is_empty()))
+        .filter(|d| {
+            state
+                .lookup(&d.vip)
+                .is_some_and(|s| s.demand.active() && s.endpoints().ready.is_empty())
+        })
         .map(|d| d.name.clone())
         .collect()
 }
@@ -521,7 +529,7 @@ mod tests {
         one.endpoints[0].condition = condition;
         (
             State::with_checker(Arc::new(crate::health::Manual)),
-            Desired { services: vec![one], ..Desired::default() },
+            Desired { services: vec![Arc::new(one)], ..Desired::default() },
         )
     }
 
@@ -530,6 +538,7 @@ mod tests {
         // Checks off: ready on discovery's word, once the service's owner has run.
         let (state, desired) = one_service(false, Condition::Ready);
         state.apply(&desired.services);
+        let _in_use = state.open(&desired.services[0].vip);
         let started = tokio::time::Instant::now();
         warm_up(&desired, &state).await;
         assert!(started.elapsed() < WARM_UP, "{:?}", started.elapsed());
@@ -538,7 +547,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn warm_up_gives_up_after_its_limit_on_endpoints_no_check_passed() {
-        let (state, desired) = one_service(true, Condition::Ready);
+        let (state, desired) = one_service(true, Condition::NotReady);
+        state.apply(&desired.services);
+        let _in_use = state.open(&desired.services[0].vip);
+        // Ready by discovery after the service started: a check must pass first (a
+        // cold start would take discovery's word after one check's time).
+        let (_, desired) = one_service(true, Condition::Ready);
         state.apply(&desired.services);
         let started = tokio::time::Instant::now();
         warm_up(&desired, &state).await;
@@ -571,6 +585,7 @@ mod tests {
         let state = State::with_checker(Arc::new(Broken));
         let (_, desired) = one_service(true, Condition::Ready);
         state.apply(&desired.services);
+        let _in_use = state.open(&desired.services[0].vip);
         let mut none = JoinSet::new();
         let failure = supervise(&mut none, &state).await;
         let message = failure.to_string();
@@ -581,6 +596,7 @@ mod tests {
     async fn warm_up_does_not_wait_for_endpoints_discovery_calls_not_ready() {
         let (state, desired) = one_service(true, Condition::NotReady);
         state.apply(&desired.services);
+        let _in_use = state.open(&desired.services[0].vip);
         let started = tokio::time::Instant::now();
         warm_up(&desired, &state).await;
         assert_eq!(started.elapsed(), Duration::ZERO);

@@ -5,12 +5,7 @@
 //! An endpoint is gone when discovery stops listing it, or when it has stayed
 //! unhealthy or ejected for [`SUSPECT_GRACE`] (a frozen Pod the API still lists).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{broadcast, watch},
@@ -41,7 +36,7 @@ pub async fn run(
     agent: Vec<SocketAddr>,
     metrics: Arc<Metrics>,
 ) {
-    let mut known = endpoints(&desired.borrow_and_update());
+    let mut known = desired.borrow_and_update().clone();
     let mut suspects = Suspects::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -50,12 +45,8 @@ pub async fn run(
                 if changed.is_err() {
                     return;
                 }
-                let now = endpoints(&desired.borrow_and_update());
-                let gone = known
-                    .iter()
-                    .filter(|(addr, _)| !now.contains_key(addr))
-                    .map(|(addr, service)| (service.clone(), *addr))
-                    .collect();
+                let now = desired.borrow_and_update().clone();
+                let gone = now.gone_since(&known);
                 known = now;
                 gone
             }
@@ -81,10 +72,6 @@ pub async fn run(
             evict(netns.clone(), &service, addr, &metrics).await;
         }
     }
-}
-
-fn endpoints(desired: &Desired) -> BTreeMap<SocketAddr, String> {
-    desired.endpoints().into_iter().map(|(addr, service)| (addr, service.to_string())).collect()
 }
 
 pub(crate) async fn evict(

@@ -34,11 +34,20 @@ pub struct Reconciler {
     enrolled: Enrolled,
     /// The last state applied in full.
     applied: Arc<Desired>,
+    /// What the kernel was last told in full, so that a change of endpoints alone
+    /// does not rewrite every VIP or look at every namespace again; `None` after a
+    /// failure.
+    told: Option<Told>,
+}
+
+struct Told {
+    vips: BTreeSet<SocketAddr>,
+    enroll: Vec<crate::discovery::Enrollee>,
 }
 
 impl Reconciler {
     pub fn new(datapath: Arc<dyn Datapath>, state: Arc<State>) -> Self {
-        Self { datapath, state, enrolled: Enrolled::default(), applied: Arc::default() }
+        Self { datapath, state, enrolled: Enrolled::default(), applied: Arc::default(), told: None }
     }
 
     /// The enrolled namespaces as they change.
@@ -56,7 +65,9 @@ impl Reconciler {
         capacity
             .fits(desired.services.len(), desired.enroll.len())
             .map_err(|(field, problem)| Rejected::Capacity { field, problem })?;
-        Enrolled::check(&desired.enroll)?;
+        if self.told.as_ref().is_none_or(|told| told.enroll != desired.enroll) {
+            Enrolled::check(&desired.enroll)?;
+        }
         if let Err(err) = self.make(desired) {
             let last_good = self.applied.clone();
             if let Err(again) = self.make(&last_good) {
@@ -70,13 +81,23 @@ impl Reconciler {
 
     fn make(&mut self, desired: &Desired) -> Result<(), DatapathError> {
         let new_vips: BTreeSet<SocketAddr> = desired.services.iter().map(|s| s.vip).collect();
-        let kept: BTreeSet<SocketAddr> =
-            self.state.vips().intersection(&new_vips).copied().collect();
-        self.datapath.set_vips(&kept)?;
+        let told = self.told.take();
+        let same_vips = told.as_ref().is_some_and(|told| told.vips == new_vips);
+        if !same_vips {
+            let kept: BTreeSet<SocketAddr> =
+                self.state.vips().intersection(&new_vips).copied().collect();
+            self.datapath.set_vips(&kept)?;
+        }
         self.state.apply(&desired.services);
-        self.datapath.set_vips(&new_vips)?;
-        self.enrolled.follow(&desired.enroll);
-        self.datapath.set_enrolled(&self.enrolled.cookies())
+        if !same_vips {
+            self.datapath.set_vips(&new_vips)?;
+        }
+        if told.is_none_or(|told| told.enroll != desired.enroll) {
+            self.enrolled.follow(&desired.enroll);
+            self.datapath.set_enrolled(&self.enrolled.cookies())?;
+        }
+        self.told = Some(Told { vips: new_vips, enroll: desired.enroll.clone() });
+        Ok(())
     }
 
     /// Looks at the enrolled namespaces' paths again, and tells the kernel of any
@@ -149,8 +170,8 @@ mod tests {
         health::Manual,
     };
 
-    fn service(name: &str, vip: &str) -> DesiredService {
-        DesiredService {
+    fn service(name: &str, vip: &str) -> Arc<DesiredService> {
+        Arc::new(DesiredService {
             name: name.into(),
             vip: vip.parse().unwrap(),
             protocol: Protocol::Tcp,
@@ -159,10 +180,10 @@ mod tests {
                 addr: "10.10.0.11:80".parse().unwrap(),
                 condition: Condition::Ready,
             }],
-        }
+        })
     }
 
-    fn services(n: usize) -> Vec<DesiredService> {
+    fn services(n: usize) -> Vec<Arc<DesiredService>> {
         (0..n)
             .map(|i| service(&format!("s{i}"), &format!("10.96.{}.{}:80", i / 250, i % 250 + 1)))
             .collect()

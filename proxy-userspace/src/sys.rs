@@ -83,40 +83,6 @@ pub fn readable_fd<T: AsRawFd>(ring: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(io::Error::from)
 }
 
-/// A netlink socket speaking `NETLINK_SOCK_DIAG`, in the calling thread's network
-/// namespace.
-pub fn sock_diag_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends one datagram on `fd` (to the kernel, for a netlink socket).
-pub fn send(fd: &OwnedFd, message: &[u8]) -> io::Result<()> {
-    // SAFETY: `message` is valid for reads of its length for the whole call.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Receives one datagram into `buf`; returns its length.
-pub fn recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length for the whole call.
-    let got = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(got as usize)
-}
-
 /// A message of one buffer, `iov`, and the control buffer `control`; it points into
 /// both, so they must outlive its use.
 fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
@@ -282,5 +248,14 @@ mod tests {
         // The same socket, not a copy: a connect is accepted through the received one.
         let _client = std::net::TcpStream::connect(listeners[1].local_addr().unwrap()).unwrap();
         received[1].accept().unwrap();
+    }
+}
+
+/// Gives the memory the allocator holds but no longer uses back to the system, after
+/// a big first state (parsing it left its scratch space free but resident).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap; it takes no pointer from us.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -66,19 +66,30 @@ impl Agent {
         kubeconfig: &str,
         node: &str,
     ) -> anyhow::Result<Self> {
+        let agent = Self::spawn_kube(sandbox, kubeconfig, node, "")?;
+        agent.wait_ready(Duration::from_secs(20))?;
+        Ok(agent)
+    }
+
+    /// Starts the agent with `--kube` without waiting for it; `settings` is extra
+    /// YAML for its node settings file.
+    pub(crate) fn spawn_kube(
+        sandbox: &Sandbox,
+        kubeconfig: &str,
+        node: &str,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
         let kubeconfig_path = sandbox.dir().join("kubeconfig.yaml");
         std::fs::write(&kubeconfig_path, kubeconfig)?;
         let path = sandbox.dir().join("agent.yaml");
-        std::fs::write(&path, settings_yaml())?;
+        std::fs::write(&path, format!("{}{settings}", settings_yaml()))?;
         let mut command = Command::new(crate::binary("sockeye")?);
         command
             .args(["run", "--kube", "--config"])
             .arg(&path)
             .env("KUBECONFIG", &kubeconfig_path)
             .env("NODE_NAME", node);
-        let agent = Self::spawn(sandbox, "agent", command, path)?;
-        agent.wait_ready(Duration::from_secs(20))?;
-        Ok(agent)
+        Self::spawn(sandbox, "agent", command, path)
     }
 
     fn spawn(

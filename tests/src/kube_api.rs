@@ -221,6 +221,9 @@ struct Query {
     labels: Vec<(String, String)>,
     fields: Vec<(String, String)>,
     timeout: Duration,
+    /// A page's size (`limit`), and where the previous page ended (`continue`).
+    limit: Option<usize>,
+    after: Option<(u64, usize)>,
 }
 
 impl Query {
@@ -233,6 +236,8 @@ impl Query {
             labels: Vec::new(),
             fields: Vec::new(),
             timeout: Duration::from_secs(290),
+            limit: None,
+            after: None,
         };
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -244,6 +249,12 @@ impl Query {
                 "fieldSelector" => q.fields = selector(&value),
                 "timeoutSeconds" => {
                     q.timeout = Duration::from_secs(value.parse().unwrap_or(290));
+                }
+                "limit" => q.limit = value.parse().ok().filter(|&n| n > 0),
+                "continue" => {
+                    q.after = value
+                        .split_once('-')
+                        .and_then(|(v, o)| Some((v.parse().ok()?, o.parse().ok()?)))
                 }
                 _ => {}
             }
@@ -315,16 +326,26 @@ async fn list_response(
 ) -> std::io::Result<()> {
     let body = {
         let store = store.lock().unwrap();
-        let items: Vec<&Value> = store
+        // Pages as a real API server cuts them: `limit` items, then a `continue`
+        // token; every page reports the first page's resourceVersion.
+        let (version, skip) = query.after.unwrap_or((store.version, 0));
+        let matching = store
             .objects
             .iter()
             .filter(|((resource, _), o)| *resource == query.resource && query.matches(o))
-            .map(|(_, o)| o)
-            .collect();
+            .map(|(_, o)| o);
+        let mut items: Vec<&Value> =
+            matching.skip(skip).take(query.limit.unwrap_or(usize::MAX).saturating_add(1)).collect();
+        let more = query.limit.is_some_and(|limit| items.len() > limit);
+        let mut metadata = json!({"resourceVersion": version.to_string()});
+        if let (true, Some(limit)) = (more, query.limit) {
+            items.truncate(limit);
+            metadata["continue"] = json!(format!("{version}-{}", skip + limit));
+        }
         json!({
             "kind": format!("{}List", query.kind()),
             "apiVersion": query.api_version(),
-            "metadata": {"resourceVersion": store.version.to_string()},
+            "metadata": metadata,
             "items": items,
         })
         .to_string()
@@ -361,10 +382,11 @@ async fn watch_response(
                 }});
                 (vec![gone], None)
             } else {
-                let events = store
-                    .history
+                // The history is in version order: skip what this watch has seen.
+                let start = store.history.partition_point(|c| c.version <= seen);
+                let events = store.history[start..]
                     .iter()
-                    .filter(|c| c.version > seen && c.resource == query.resource)
+                    .filter(|c| c.resource == query.resource)
                     .filter_map(|c| event(query, c))
                     .collect();
                 (events, Some(store.version))

@@ -241,6 +241,17 @@ impl Sandbox {
         Agent::start_kube(self, kubeconfig, node)
     }
 
+    /// Starts the agent with `--kube` without waiting for it to be ready; `settings`
+    /// is YAML added to its node settings file.
+    pub fn spawn_agent_kube(
+        &self,
+        kubeconfig: &str,
+        node: &str,
+        settings: &str,
+    ) -> anyhow::Result<Agent> {
+        Agent::spawn_kube(self, kubeconfig, node, settings)
+    }
+
     /// A config file for the agent: these Pods enrolled, these services.
     pub fn agent_config(&self, enrolled: &[&Pod], services: &[ServiceSpec]) -> String {
         crate::agent::config_yaml(enrolled, services)

@@ -21,6 +21,8 @@ pub use validate::check_admin;
 pub const DEFAULT_LISTEN: &str = "169.254.77.1:15001";
 /// The admin endpoint (`/healthz`, `/readyz`) unless the file says otherwise.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:15090";
+/// How long a service stays started with no connection unless the file says otherwise.
+pub const DEFAULT_SERVICE_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,11 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub capacity: Capacity,
+    /// A service's balancer, upstream connections and health checks start with the
+    /// first connection a Pod on this node makes to it, and stop after this long
+    /// with no connection open (its VIP stays steered). Read at start. Default 5m.
+    #[serde(default = "default_service_idle", deserialize_with = "duration::deserialize")]
+    pub service_idle_timeout: std::time::Duration,
     #[serde(default)]
     pub enroll: Enroll,
     #[serde(default)]
@@ -227,6 +234,20 @@ pub fn keys(text: &str) -> Vec<String> {
 }
 
 impl Config {
+    /// The settings alone: no services, no enrolled namespaces.
+    pub fn without_services(&self) -> Self {
+        Self {
+            listen: self.listen,
+            listen6: self.listen6,
+            admin: self.admin,
+            limits: self.limits,
+            capacity: self.capacity,
+            service_idle_timeout: self.service_idle_timeout,
+            enroll: Enroll::default(),
+            services: Vec::new(),
+        }
+    }
+
     /// The proxy's listen addresses: IPv4, then IPv6 if set.
     pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
         [Some(self.listen), self.listen6].into_iter().flatten().collect()
@@ -265,6 +286,7 @@ impl Config {
             admin: default_admin(),
             limits: Limits::default(),
             capacity: Capacity::default(),
+            service_idle_timeout: DEFAULT_SERVICE_IDLE,
             enroll: Enroll::default(),
             services: Vec::new(),
         }
@@ -304,4 +326,8 @@ mod default_tests {
         assert_eq!(super::default_listen().to_string(), super::DEFAULT_LISTEN);
         assert_eq!(super::default_admin().to_string(), super::DEFAULT_ADMIN);
     }
+}
+
+fn default_service_idle() -> std::time::Duration {
+    DEFAULT_SERVICE_IDLE
 }

@@ -77,6 +77,9 @@ impl Config {
         if let Err(why) = check_admin(self.admin) {
             return problem("admin", why);
         }
+        if self.service_idle_timeout.is_zero() {
+            return problem("service_idle_timeout", "must be more than 0".into());
+        }
         if self.limits.max_connections == 0 {
             return problem("limits.max_connections", "must be at least 1".into());
         }

@@ -2,28 +2,39 @@
 //! straight to a dead endpoint (netlink `SOCK_DESTROY`, which needs
 //! `CONFIG_INET_DIAG_DESTROY`), so the app sees the abort at once and reconnects to a
 //! live Pod instead of waiting on a peer that will never answer.
+//!
+//! The kernel is asked only for the sockets connected to that endpoint: the
+//! `sock_diag` dump carries an `INET_DIAG_REQ_BYTECODE` filter (`INET_DIAG_BC_D_COND`
+//! on the endpoint's address and port), so a namespace's other sockets are skipped in
+//! the kernel, never copied out. The messages are `netlink-packet-sock-diag`'s types
+//! on a `netlink-sys` socket; only the filter's bytecode, which that crate does not
+//! model, is written here.
 
 use std::{
     fs::File,
     io,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::fd::OwnedFd,
+    net::{IpAddr, SocketAddr},
 };
+
+use netlink_packet_core::{
+    DefaultNla, Emitable, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
+};
+use netlink_packet_sock_diag::{
+    SOCK_DIAG_BY_FAMILY, SockDiagDestroy, SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 
 use crate::sys;
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const SOCK_DESTROY: u16 = 21;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
-const HEADER: usize = 16;
-/// `struct inet_diag_sockid`: ports, addresses, interface, cookie.
-const SOCKID: usize = 48;
-/// Every TCP state but LISTEN.
-const STATES: u32 = 0xfff & !(1 << 10);
+/// `INET_DIAG_REQ_BYTECODE`: the request attribute holding a filter.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+/// `INET_DIAG_BC_D_COND`: the destination matches a `struct inet_diag_hostcond`.
+const INET_DIAG_BC_D_COND: u8 = 8;
+/// How many `SOCK_DESTROY` requests go to the kernel in one write.
+const DESTROY_BATCH: usize = 256;
 
 /// Destroys every TCP socket in the network namespace `ns` is open on whose peer is
 /// `dst`. Returns how many it destroyed. Runs on a short-lived thread, because entering
@@ -33,12 +44,16 @@ pub fn destroy_connections_to(ns: &File, dst: SocketAddr) -> io::Result<usize> {
         scope
             .spawn(|| {
                 sys::enter_netns(ns)?;
-                let socket = sys::sock_diag_socket()?;
+                let socket = sock_diag_socket()?;
+                // The kernel filtered; the check again guards against one that ignored
+                // the filter.
+                let found: Vec<(u8, SocketId)> = connected_to(&socket, dst)?
+                    .into_iter()
+                    .filter(|(_, id)| peer(id) == canonical(dst))
+                    .collect();
                 let mut destroyed = 0;
-                for family in [libc::AF_INET, libc::AF_INET6] {
-                    for id in connected_to(&socket, family as u8, dst)? {
-                        destroyed += usize::from(destroy(&socket, family as u8, &id)?);
-                    }
+                for batch in found.chunks(DESTROY_BATCH) {
+                    destroyed += destroy(&socket, batch)?;
                 }
                 Ok(destroyed)
             })
@@ -47,97 +62,172 @@ pub fn destroy_connections_to(ns: &File, dst: SocketAddr) -> io::Result<usize> {
     .map_err(|_| io::Error::other("eviction thread panicked"))?
 }
 
-/// The socket ids (`inet_diag_sockid`) of `family`'s TCP sockets connected to `dst`
-/// (IPv4 peers also match as v4-mapped IPv6).
-fn connected_to(socket: &OwnedFd, family: u8, dst: SocketAddr) -> io::Result<Vec<[u8; SOCKID]>> {
-    sys::send(
-        socket,
-        &request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family, STATES, &[0; SOCKID]),
-    )?;
+fn sock_diag_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    // Acknowledgements without a copy of each request.
+    socket.set_cap_ack(true)?;
+    Ok(socket)
+}
+
+/// The TCP sockets (not listening) connected to `dst`, by family, as the kernel
+/// reports them: IPv4 sockets, and IPv6 ones (an IPv6 socket reaches an IPv4 peer at
+/// its v4-mapped address, which the kernel's filter matches too).
+pub fn connected_to(socket: &Socket, dst: SocketAddr) -> io::Result<Vec<(u8, SocketId)>> {
+    let families: &[u8] = if canonical(dst).is_ipv4() { &[AF_INET, AF_INET6] } else { &[AF_INET6] };
     let mut found = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let len = sys::recv(socket, &mut buf)?;
-        for (kind, body) in messages(&buf[..len]) {
-            match kind {
-                NLMSG_DONE => return Ok(found),
-                NLMSG_ERROR => error_code(body)?,
-                SOCK_DIAG_BY_FAMILY if body.len() >= 4 + SOCKID => {
-                    let id: [u8; SOCKID] = body[4..4 + SOCKID].try_into().expect("length checked");
-                    if peer(family, &id) == Some(dst) {
-                        found.push(id);
-                    }
-                }
-                _ => {}
+    for &family in families {
+        let request = FilteredDump::new(family, canonical(dst));
+        send(socket, NLM_F_REQUEST | NLM_F_DUMP, request)?;
+        receive(socket, |message| match message {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                found.push((family, response.header.socket_id));
+                Ok(true)
             }
+            NetlinkPayload::Done(_) => Ok(false),
+            NetlinkPayload::Error(err) => Err(err.to_io()),
+            _ => Ok(true),
+        })?;
+    }
+    Ok(found)
+}
+
+/// Destroys these sockets with one write of `SOCK_DESTROY` requests; returns how many
+/// were destroyed (one already gone is not counted).
+fn destroy(socket: &Socket, sockets: &[(u8, SocketId)]) -> io::Result<usize> {
+    let mut buffer = Vec::new();
+    for (family, id) in sockets {
+        let request = SockDiagDestroy::new(SockDiagMessage::InetRequest(InetRequest {
+            family: *family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id: id.clone(),
+        }));
+        buffer.extend_from_slice(&serialize(NLM_F_REQUEST | NLM_F_ACK, request));
+    }
+    socket.send(&buffer, 0)?;
+    let (mut acknowledged, mut destroyed) = (0, 0);
+    while acknowledged < sockets.len() {
+        receive(socket, |message| match message {
+            NetlinkPayload::Error(ack) => {
+                acknowledged += 1;
+                match ack.raw_code() {
+                    0 => destroyed += 1,
+                    code if code == -libc::ENOENT => {}
+                    _ => return Err(ack.to_io()),
+                }
+                Ok(false)
+            }
+            _ => Ok(true),
+        })?;
+    }
+    Ok(destroyed)
+}
+
+/// A `SOCK_DIAG_BY_FAMILY` dump of one family's TCP sockets, filtered in the kernel
+/// to those whose destination is one address and port.
+struct FilteredDump {
+    request: InetRequest,
+    filter: DefaultNla,
+}
+
+impl FilteredDump {
+    fn new(family: u8, dst: SocketAddr) -> Self {
+        let mut states = StateFlags::all();
+        states.remove(StateFlags::LISTEN);
+        let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+        Self {
+            request: InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states,
+                socket_id,
+            },
+            filter: DefaultNla::new(INET_DIAG_REQ_BYTECODE, destination_is(dst)),
         }
     }
 }
 
-/// Destroys one socket; `false` if it was already gone.
-fn destroy(socket: &OwnedFd, family: u8, id: &[u8; SOCKID]) -> io::Result<bool> {
-    sys::send(socket, &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family, 0xfff, id))?;
-    let mut buf = [0u8; 512];
-    let len = sys::recv(socket, &mut buf)?;
-    for (kind, body) in messages(&buf[..len]) {
-        if kind == NLMSG_ERROR {
-            return match error_code(body) {
-                Ok(()) => Ok(true),
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-                Err(err) => Err(err),
-            };
-        }
+impl NetlinkSerializable for FilteredDump {
+    fn message_type(&self) -> u16 {
+        SOCK_DIAG_BY_FAMILY
     }
-    Err(io::Error::other("SOCK_DESTROY: no acknowledgement from the kernel"))
+
+    fn buffer_len(&self) -> usize {
+        self.request.buffer_len() + self.filter.buffer_len()
+    }
+
+    fn serialize(&self, buffer: &mut [u8]) {
+        let (request, filter) = buffer.split_at_mut(self.request.buffer_len());
+        self.request.emit(request);
+        self.filter.emit(filter);
+    }
 }
 
-/// A netlink message carrying an `inet_diag_req_v2` for TCP.
-fn request(kind: u16, flags: u16, family: u8, states: u32, id: &[u8; SOCKID]) -> Vec<u8> {
-    let len = HEADER + 8 + SOCKID;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&kind.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&[0; 8]); // sequence number and port id: the kernel's defaults
-    m.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
-    m.extend_from_slice(&states.to_ne_bytes());
-    m.extend_from_slice(id);
-    m
-}
-
-/// The (type, body) of each netlink message in one datagram.
-fn messages(mut datagram: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if datagram.len() < HEADER {
-            return None;
-        }
-        let len = u32::from_ne_bytes(datagram[..4].try_into().ok()?) as usize;
-        let kind = u16::from_ne_bytes(datagram[4..6].try_into().ok()?);
-        if len < HEADER || len > datagram.len() {
-            return None;
-        }
-        let body = &datagram[HEADER..len];
-        datagram = datagram.get((len + 3) & !3..).unwrap_or(&[]);
-        Some((kind, body))
-    })
-}
-
-/// The result an `NLMSG_ERROR` message carries (0 is an acknowledgement).
-fn error_code(body: &[u8]) -> io::Result<()> {
-    let code = body.get(..4).map_or(-libc::EIO, |b| i32::from_ne_bytes(b.try_into().expect("4")));
-    if code == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(-code)) }
-}
-
-/// The peer address of a socket id, as a v4 address when it is v4 or v4-mapped.
-fn peer(family: u8, id: &[u8; SOCKID]) -> Option<SocketAddr> {
-    let port = u16::from_be_bytes([id[2], id[3]]);
-    let dst = &id[20..36];
-    let ip = match i32::from(family) {
-        libc::AF_INET => IpAddr::from(<[u8; 4]>::try_from(&dst[..4]).ok()?),
-        libc::AF_INET6 => Ipv6Addr::from(<[u8; 16]>::try_from(dst).ok()?).to_canonical(),
-        _ => return None,
+/// The inet_diag bytecode "the destination is `dst`": one `struct inet_diag_bc_op`
+/// (`INET_DIAG_BC_D_COND`; on a match jump to the end, which accepts; otherwise past
+/// it, which rejects) and its `struct inet_diag_hostcond` (family, prefix length in
+/// bits, port in host order, then the address).
+pub fn destination_is(dst: SocketAddr) -> Vec<u8> {
+    let (family, address) = match dst.ip() {
+        IpAddr::V4(ip) => (AF_INET, ip.octets().to_vec()),
+        IpAddr::V6(ip) => (AF_INET6, ip.octets().to_vec()),
     };
-    Some(SocketAddr::new(ip, port))
+    let len = 4 + 8 + address.len();
+    let mut code = Vec::with_capacity(len);
+    code.extend_from_slice(&[INET_DIAG_BC_D_COND, len as u8]);
+    code.extend_from_slice(&(len as u16 + 4).to_ne_bytes());
+    code.extend_from_slice(&[family, (address.len() * 8) as u8, 0, 0]);
+    code.extend_from_slice(&i32::from(dst.port()).to_ne_bytes());
+    code.extend_from_slice(&address);
+    code
+}
+
+fn serialize<T: NetlinkSerializable>(flags: u16, inner: T) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+    message.finalize();
+    let mut buffer = vec![0; message.buffer_len()];
+    message.serialize(&mut buffer);
+    buffer
+}
+
+fn send<T: NetlinkSerializable>(socket: &Socket, flags: u16, inner: T) -> io::Result<()> {
+    socket.send(&serialize(flags, inner), 0).map(|_| ())
+}
+
+/// Reads datagrams and hands each message to `each` until it returns false.
+fn receive(
+    socket: &Socket,
+    mut each: impl FnMut(NetlinkPayload<SockDiagMessage>) -> io::Result<bool>,
+) -> io::Result<()> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let len = socket.recv(&mut &mut buffer[..], 0)?;
+        let mut datagram = &buffer[..len];
+        while !datagram.is_empty() {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(datagram)
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
+            let length = (message.header.length as usize + 3) & !3;
+            if !each(message.payload)? {
+                return Ok(());
+            }
+            datagram = datagram.get(length.max(1)..).unwrap_or(&[]);
+        }
+    }
+}
+
+/// A socket's peer, as an IPv4 address when it is v4-mapped.
+fn peer(id: &SocketId) -> SocketAddr {
+    canonical(SocketAddr::new(id.destination_address, id.destination_port))
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]
@@ -147,42 +237,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_are_split_and_bounded() {
-        let one = request(SOCK_DESTROY, NLM_F_REQUEST, 2, 0, &[7; SOCKID]);
-        let mut two = one.clone();
-        two.extend_from_slice(&one);
-        let parsed: Vec<_> = messages(&two).collect();
-        assert_eq!(parsed.len(), 2);
-        assert_eq!(parsed[0].0, SOCK_DESTROY);
-        assert_eq!(parsed[0].1.len(), 8 + SOCKID);
-        // A length past the end, or below the header, ends the walk instead of panicking.
-        let mut broken = one.clone();
-        broken[0] = 0xff;
-        assert_eq!(messages(&broken).count(), 0);
-        assert_eq!(messages(&[1, 0, 0, 0]).count(), 0);
+    fn the_filter_is_one_destination_condition_on_address_and_port() {
+        let v4 = destination_is("10.0.0.7:8080".parse().unwrap());
+        assert_eq!(v4.len(), 16);
+        assert_eq!(&v4[..2], &[INET_DIAG_BC_D_COND, 16]);
+        assert_eq!(u16::from_ne_bytes([v4[2], v4[3]]), 20, "a miss jumps past the end");
+        assert_eq!(&v4[4..6], &[AF_INET, 32]);
+        assert_eq!(i32::from_ne_bytes(v4[8..12].try_into().unwrap()), 8080);
+        assert_eq!(&v4[12..], &[10, 0, 0, 7]);
+        let v6 = destination_is("[fd10::1]:80".parse().unwrap());
+        assert_eq!((v6.len(), v6[1], v6[4], v6[5]), (28, 28, AF_INET6, 128));
     }
 
     #[test]
-    fn destroys_only_the_connections_to_the_given_peer() {
-        // Loopback in this process's own namespace: two listeners, three connections.
+    fn the_kernel_returns_only_the_sockets_to_the_destination_and_they_are_destroyed() {
+        // Loopback in this process's own namespace: two listeners; 2 connections to
+        // one, 50 to the other.
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut to_a: Vec<_> = (0..2)
-            .map(|_| std::net::TcpStream::connect(a.local_addr().unwrap()).unwrap())
-            .collect();
-        let mut to_b = std::net::TcpStream::connect(b.local_addr().unwrap()).unwrap();
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut to_a: Vec<_> =
+            (0..2).map(|_| std::net::TcpStream::connect(a_addr).unwrap()).collect();
+        let mut to_b: Vec<_> =
+            (0..50).map(|_| std::net::TcpStream::connect(b_addr).unwrap()).collect();
         let _accepted: Vec<_> = (0..2).map(|_| a.accept().unwrap()).collect();
-        let _accepted_b = b.accept().unwrap();
+        let _accepted_b: Vec<_> = (0..50).map(|_| b.accept().unwrap()).collect();
+
+        // Unfiltered here: what the kernel sent back is what matched its filter.
+        let socket = sock_diag_socket().unwrap();
+        let found = connected_to(&socket, a_addr).unwrap();
+        let peers: Vec<SocketAddr> = found.iter().map(|(_, id)| peer(id)).collect();
+        assert_eq!(peers, [a_addr, a_addr], "only the two connected to a, not b's 50");
 
         let own = File::open("/proc/self/ns/net").unwrap();
-        let destroyed = destroy_connections_to(&own, a.local_addr().unwrap()).unwrap();
-        assert_eq!(destroyed, 2);
+        assert_eq!(destroy_connections_to(&own, a_addr).unwrap(), 2);
         for stream in &mut to_a {
             let err = stream.read(&mut [0; 1]).expect_err("destroyed");
             assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
         }
-        to_b.set_nonblocking(true).unwrap();
-        let untouched = to_b.read(&mut [0; 1]).expect_err("still open, nothing to read");
-        assert_eq!(untouched.kind(), io::ErrorKind::WouldBlock);
+        for stream in &mut to_b {
+            stream.set_nonblocking(true).unwrap();
+            let untouched = stream.read(&mut [0; 1]).expect_err("still open, nothing to read");
+            assert_eq!(untouched.kind(), io::ErrorKind::WouldBlock);
+        }
+        assert_eq!(destroy_connections_to(&own, a_addr).unwrap(), 0, "none left");
     }
 }

@@ -4,7 +4,12 @@
 pub mod kube;
 pub mod static_file;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+};
 
 use tokio::sync::watch;
 
@@ -13,10 +18,12 @@ use crate::config::{Config, Policy, Protocol, ServiceConfig};
 /// Everything discovery knows at one moment. The agent makes it so.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub services: Vec<DesiredService>,
+    /// Shared, not copied, by every consumer and from one state to the next: a
+    /// service that did not change is the same allocation in both.
+    pub services: Vec<Arc<DesiredService>>,
     /// Services without a VIP: not steered, but clients that connect straight to
     /// their endpoints have those connections evicted when an endpoint goes.
-    pub headless: Vec<HeadlessService>,
+    pub headless: Vec<Arc<HeadlessService>>,
     /// Network namespaces to enroll.
     pub enroll: Vec<Enrollee>,
 }
@@ -91,7 +98,7 @@ impl From<&ServiceConfig> for DesiredService {
 impl From<&Config> for Desired {
     fn from(config: &Config) -> Self {
         Self {
-            services: config.services.iter().map(DesiredService::from).collect(),
+            services: config.services.iter().map(|s| Arc::new(DesiredService::from(s))).collect(),
             headless: Vec::new(),
             enroll: config.enroll.netns.iter().map(Enrollee::path).collect(),
         }
@@ -122,21 +129,42 @@ pub trait Discovery: Send + Sync + 'static {
 }
 
 impl Desired {
-    /// Every endpoint address discovery knows, with the first service naming it.
-    pub fn endpoints(&self) -> std::collections::BTreeMap<SocketAddr, &str> {
-        let steered = self
-            .services
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |e| (e.addr, s.name.as_str())));
-        let headless = self
-            .headless
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |&a| (a, s.name.as_str())));
-        let mut all = std::collections::BTreeMap::new();
-        for (addr, service) in steered.chain(headless) {
-            all.entry(addr).or_insert(service);
+    /// The endpoints `before` listed that this state lists nowhere, each with the
+    /// first service that named it. Services this state shares with `before` (the
+    /// same allocation, see [`Desired::services`]) are not looked into, so the cost
+    /// follows what changed, plus one pass over every address when one left.
+    pub fn gone_since(&self, before: &Desired) -> Vec<(String, SocketAddr)> {
+        let same: HashSet<*const DesiredService> = self.services.iter().map(Arc::as_ptr).collect();
+        let same_headless: HashSet<*const HeadlessService> =
+            self.headless.iter().map(Arc::as_ptr).collect();
+        let mut left: HashMap<SocketAddr, &str> = HashMap::new();
+        for s in before.services.iter().filter(|s| !same.contains(&Arc::as_ptr(s))) {
+            for e in &s.endpoints {
+                left.entry(e.addr).or_insert(&s.name);
+            }
         }
-        all
+        for s in before.headless.iter().filter(|s| !same_headless.contains(&Arc::as_ptr(s))) {
+            for &addr in &s.endpoints {
+                left.entry(addr).or_insert(&s.name);
+            }
+        }
+        if !left.is_empty() {
+            for addr in self.addresses() {
+                if left.remove(&addr).is_some() && left.is_empty() {
+                    break;
+                }
+            }
+        }
+        let mut gone: Vec<(String, SocketAddr)> =
+            left.into_iter().map(|(addr, service)| (service.to_string(), addr)).collect();
+        gone.sort();
+        gone
+    }
+
+    /// Every endpoint address, once per service listing it.
+    fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let steered = self.services.iter().flat_map(|s| s.endpoints.iter().map(|e| e.addr));
+        steered.chain(self.headless.iter().flat_map(|s| s.endpoints.iter().copied()))
     }
 }
 
@@ -146,5 +174,49 @@ pub struct Fixed(pub watch::Sender<Arc<Desired>>);
 impl Discovery for Fixed {
     fn watch(&self) -> watch::Receiver<Arc<Desired>> {
         self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(name: &str, endpoints: &[u8]) -> Arc<DesiredService> {
+        Arc::new(DesiredService {
+            name: name.into(),
+            vip: "10.96.0.1:80".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            policy: Policy::default(),
+            endpoints: endpoints
+                .iter()
+                .map(|&n| DesiredEndpoint {
+                    addr: SocketAddr::from(([10, 0, 0, n], 80)),
+                    condition: Condition::Ready,
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn gone_since_names_addresses_listed_nowhere_any_more() {
+        let (a, b) = (service("a", &[1, 2, 3]), service("b", &[4]));
+        let db = Arc::new(HeadlessService {
+            name: "db".into(),
+            endpoints: vec![([10, 0, 0, 9], 80).into()],
+        });
+        let before = Desired {
+            services: vec![a, b.clone()],
+            headless: vec![db.clone()],
+            ..Desired::default()
+        };
+        // a drops 1 and 2; 2 moves to the new service c; b and db are the same.
+        let after = Desired {
+            services: vec![service("a", &[3]), b, service("c", &[2])],
+            headless: vec![db],
+            ..Desired::default()
+        };
+        assert_eq!(after.gone_since(&before), [("a".to_string(), ([10, 0, 0, 1], 80).into())]);
+        assert!(after.gone_since(&after).is_empty());
+        assert_eq!(Desired::default().gone_since(&after).len(), 4, "all gone");
     }
 }

@@ -27,22 +27,27 @@ pub struct StaticFile {
 
 impl StaticFile {
     /// Loads `path` (an error if it is invalid) and starts watching it for changes.
-    /// Returns the first config too: its listen and admin addresses are fixed for the
-    /// agent's lifetime.
+    /// Returns the first config's settings too (without its services, which are in
+    /// the desired state): its listen and admin addresses are fixed for the agent's
+    /// lifetime.
     pub fn start(path: &Path, interval: Duration) -> Result<(Self, Config), ConfigError> {
         let text = read(path)?;
         let config = Config::parse(path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
         let poller = Poller {
             path: path.to_owned(),
-            first: config.clone(),
-            current: config.clone(),
+            first: config.without_services(),
+            had_services: !config.services.is_empty(),
             last_text: text,
         };
         let reload = Arc::new(Notify::new());
         let (rejections, rejected) = watch::channel(0);
         tokio::spawn(poller.run(tx, interval, reload.clone(), rejections));
-        Ok((Self { rx, reload, rejected }, config))
+        // The agent keeps the settings; the services live once, in the desired state.
+        let settings = config.without_services();
+        drop(config);
+        crate::sys::release_free_memory();
+        Ok((Self { rx, reload, rejected }, settings))
     }
 }
 
@@ -69,9 +74,11 @@ enum Checked {
 
 struct Poller {
     path: PathBuf,
+    /// The first config's settings read at start (its services are not kept: one
+    /// copy of them lives in the desired state).
     first: Config,
     /// The last config taken.
-    current: Config,
+    had_services: bool,
     last_text: String,
 }
 
@@ -132,7 +139,7 @@ impl Poller {
                     self.path.display()
                 );
                 let desired = Desired::from(&config);
-                self.current = config;
+                self.had_services = !config.services.is_empty();
                 Checked::New(desired)
             }
             Err(problem) => {
@@ -145,7 +152,7 @@ impl Poller {
     /// Refuses a new file that would drop every service without saying so: one
     /// truncated before its `services` key.
     fn not_emptied_by_accident(&self, new: Config) -> Result<Config, String> {
-        let had = !self.current.services.is_empty();
+        let had = self.had_services;
         let says = crate::config::keys(&self.last_text).iter().any(|k| k == "services");
         if had && new.services.is_empty() && !says {
             return Err(format!(
@@ -162,8 +169,12 @@ impl Poller {
         if (new.listen, new.listen6, new.admin) != (first.listen, first.listen6, first.admin) {
             warn!("listen, listen6 and admin changes take effect only when the agent restarts");
         }
-        if (new.limits, new.capacity) != (first.limits, first.capacity) {
-            warn!("limits and capacity changes take effect only when the agent restarts");
+        let fixed = |c: &Config| (c.limits, c.capacity, c.service_idle_timeout);
+        if fixed(new) != fixed(first) {
+            warn!(
+                "limits, capacity and service_idle_timeout changes take effect only when the \
+                 agent restarts"
+            );
         }
     }
 }
@@ -203,8 +214,9 @@ mod tests {
     async fn a_changed_file_is_applied_and_an_invalid_one_is_not() {
         let path = temp_file(ONE);
         let (discovery, config) = StaticFile::start(&path, POLL_INTERVAL).unwrap();
-        assert_eq!(config.services.len(), 1);
+        assert!(config.services.is_empty(), "the settings only: services are in the state");
         let mut rx = discovery.watch();
+        assert_eq!(rx.borrow().services.len(), 1);
         assert_eq!(endpoint(&rx), "10.10.0.11:80");
 
         std::fs::write(&path, TWO).unwrap();

@@ -93,8 +93,9 @@ async fn endpoint_states_are_read_at_scrape() {
             condition: Condition::NotReady,
         }],
     }]);
-    let mut changes = state.lookup(&"10.96.0.1:80".parse().unwrap()).unwrap().watch_endpoints();
-    changes.wait_for(|set| !set.all.is_empty()).await.unwrap();
+    // Started by a connection: a service nobody uses has no endpoint states.
+    let in_use = state.open(&"10.96.0.1:80".parse().unwrap()).unwrap();
+    in_use.watch_endpoints().wait_for(|set| !set.all.is_empty()).await.unwrap();
     let text = m.encode();
     assert!(text.contains("sockeye_endpoints{service=\"echo\",state=\"warming\"} 1"), "{text}");
 }

@@ -91,6 +91,13 @@ impl Detector {
         }
     }
 
+    /// When [`Detector::tick`] next has work: the end of the current interval, while
+    /// an ejection is to end or to be forgiven.
+    pub fn next_due(&self, policy: &OutlierPolicy) -> Option<Instant> {
+        let pending = self.endpoints.values().any(|c| c.ejections > 0 || c.ejected_until.is_some());
+        self.last_interval.filter(|_| pending).map(|last| last + policy.interval)
+    }
+
     /// How often `addr` was ejected and not yet forgiven.
     pub fn ejections(&self, addr: &SocketAddr) -> u32 {
         self.endpoints.get(addr).map_or(0, |c| c.ejections)

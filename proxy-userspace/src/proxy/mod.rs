@@ -29,7 +29,7 @@ use crate::{
     datapath::{Datapath, DatapathError},
     drain::DrainWatch,
     metrics::Metrics,
-    state::{Service, State},
+    state::{InUse, Service, State},
     upstream::Balancer,
 };
 
@@ -124,12 +124,13 @@ impl Proxy {
                 }
             };
             match self.route(&stream, client) {
-                Ok((service, ticket)) => {
-                    let balancer = self.balancer(service);
+                Ok((in_use, ticket)) => {
+                    let balancer = self.balancer(in_use.service().clone());
                     let drain = self.drain.clone();
                     tokio::spawn(async move {
+                        in_use.warmed().await;
                         serve_connection(stream, balancer, drain).await;
-                        drop(ticket);
+                        drop((ticket, in_use));
                     });
                 }
                 Err(refusal) => {
@@ -140,26 +141,28 @@ impl Proxy {
         }
     }
 
-    /// The service the kernel steered this connection to, and its place among the
-    /// connections the agent and its Pod hold.
+    /// The service the kernel steered this connection to (started by it if it was
+    /// not in use), and its place among the connections the agent and its Pod hold.
     pub fn route(
         &self,
         stream: &TcpStream,
         client: SocketAddr,
-    ) -> Result<(Arc<Service>, Ticket), Refusal> {
+    ) -> Result<(InUse, Ticket), Refusal> {
         let local = stream.local_addr()?;
         let orig = self.datapath.take_orig_dst(client, local)?.ok_or(Refusal::NotRedirected)?;
         let dst = SocketAddr::from(orig.dst);
-        let service = self.state.lookup(&dst).ok_or(Refusal::UnknownService(dst))?;
+        let service = self.state.open(&dst).ok_or(Refusal::UnknownService(dst))?;
         let ticket = self.admission.admit(orig.netns)?;
         Ok((service, ticket))
     }
 
-    /// The balancer of `service`, made anew when the service was replaced.
+    /// The balancer of `service`, made anew when the service was replaced; those of
+    /// services stopped for want of use are dropped.
     fn balancer(&self, service: Arc<Service>) -> Arc<Balancer> {
         let mut balancers = crate::sync::lock(&self.balancers);
-        balancers
-            .retain(|vip, b| self.state.lookup(vip).is_some_and(|s| Arc::ptr_eq(&s, &b.service)));
+        balancers.retain(|vip, b| {
+            self.state.lookup(vip).is_some_and(|s| Arc::ptr_eq(&s, &b.service) && s.demand.active())
+        });
         let metrics = &self.metrics;
         balancers
             .entry(service.vip)
@@ -373,8 +376,8 @@ mod tests {
             policy,
             endpoints: vec![endpoint(good), endpoint(bad)],
         }]);
-        let mut changes = state.lookup(&vip).unwrap().watch_endpoints();
-        changes.wait_for(|set| set.ready.len() == 2).await.unwrap();
+        let started = state.open(&vip).unwrap();
+        started.watch_endpoints().wait_for(|set| set.ready.len() == 2).await.unwrap();
         let (recorder, proxy_addr) = serve(state).await;
 
         let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -95,12 +95,16 @@ pub struct EndpointSet {
     pub ready: Vec<Arc<Endpoint>>,
     /// Every endpoint not yet gone, in any state.
     pub all: Vec<Arc<Endpoint>>,
+    /// The service just started and none of its endpoints is Ready yet, but some
+    /// that discovery calls ready still await their first health check: a new
+    /// connection waits for it (see [`super::InUse::warmed`]).
+    pub starting: bool,
 }
 
 impl EndpointSet {
     pub fn new(all: Vec<Arc<Endpoint>>) -> Self {
         let ready = all.iter().filter(|e| e.lifecycle() == Lifecycle::Ready).cloned().collect();
-        Self { ready, all }
+        Self { ready, all, starting: false }
     }
 
     pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<Endpoint>> {

@@ -9,6 +9,11 @@
 //! - Ready → Ejected by outlier detection until the ejection time is over.
 //! - Terminating or removed → Draining, whatever the state; Draining → Gone once
 //!   nothing is in flight to it or the drain deadline passes.
+//! - Cold start: an endpoint known when its service starts (on the first connection)
+//!   and that discovery calls ready may be [`Record::presume_from`] a moment one
+//!   check's time later: if no check has said anything by then, it is Ready on
+//!   discovery's word, as kube-proxy would route to it; its first failed check takes
+//!   it out again. Endpoints added later always wait for a passing check.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +43,8 @@ pub struct Record {
     failures: u32,
     ejected_until: Option<Instant>,
     draining_since: Option<Instant>,
+    /// From then on, with no verdict yet, discovery's ready is taken as proven.
+    presumed_from: Option<Instant>,
 }
 
 /// What a health check said.
@@ -59,19 +66,41 @@ impl Record {
             failures: 0,
             ejected_until: None,
             draining_since: None,
+            presumed_from: None,
         };
         record.discover(Discovered::Listed(condition), now);
         record
     }
 
     pub fn discover(&mut self, discovered: Discovered, now: Instant) {
+        if discovered != Discovered::Listed(Condition::Ready) {
+            // Ready again later, it is a new endpoint to discovery: checked first.
+            self.presumed_from = None;
+        }
         self.discovered = discovered;
         let leaving =
             matches!(discovered, Discovered::Removed | Discovered::Listed(Condition::Terminating));
         self.draining_since = if leaving { self.draining_since.or(Some(now)) } else { None };
     }
 
+    /// Takes discovery's ready for proven from `from` on, unless a check speaks first.
+    pub fn presume_from(&mut self, from: Instant) {
+        let ready = self.discovered == Discovered::Listed(Condition::Ready);
+        if ready && self.health == Health::Unproven {
+            self.presumed_from = Some(from);
+        }
+    }
+
+    /// Discovery calls it ready and its first check has not answered, before the
+    /// moment it would be presumed healthy: a cold start waits for it.
+    pub fn awaiting_first_check(&self, now: Instant) -> bool {
+        self.discovered == Discovered::Listed(Condition::Ready)
+            && self.health == Health::Unproven
+            && self.presumed_from.is_some_and(|from| now < from)
+    }
+
     pub fn check(&mut self, check: Check, policy: &HealthPolicy) {
+        self.presumed_from = None;
         if check == Check::Pass {
             self.passes += 1;
             self.failures = 0;
@@ -102,7 +131,12 @@ impl Record {
                 Lifecycle::Draining
             };
         }
-        match (self.discovered, self.health) {
+        let presumed = self.presumed_from.is_some_and(|from| now >= from);
+        let health = match self.health {
+            Health::Unproven if presumed => Health::Passing,
+            health => health,
+        };
+        match (self.discovered, health) {
             (Discovered::Listed(Condition::NotReady), _) | (_, Health::Unproven) => {
                 Lifecycle::Warming
             }
@@ -112,13 +146,14 @@ impl Record {
         }
     }
 
-    /// The next moment the state may change with no event: an ejection or a drain
-    /// ending.
-    pub fn next_deadline(&self, drain: Duration) -> Option<Instant> {
-        match self.draining_since {
-            Some(since) => Some(since + drain),
-            None => self.ejected_until,
-        }
+    /// The next moment the state may change with no event, if it is after `now`: an
+    /// ejection or a drain ending, a presumption starting.
+    pub fn next_deadline(&self, now: Instant, drain: Duration) -> Option<Instant> {
+        let deadlines = match self.draining_since {
+            Some(since) => [Some(since + drain), None, None],
+            None => [self.ejected_until, self.presumed_from, None],
+        };
+        deadlines.into_iter().flatten().filter(|&at| at > now).min()
     }
 }
 
@@ -179,7 +214,7 @@ mod tests {
         let mut r = Record::new(Condition::Ready, false, now);
         r.eject(now + Duration::from_secs(15));
         assert_eq!(r.state(now, DRAIN, false), Lifecycle::Ejected);
-        assert_eq!(r.next_deadline(DRAIN), Some(now + Duration::from_secs(15)));
+        assert_eq!(r.next_deadline(now, DRAIN), Some(now + Duration::from_secs(15)));
         assert_eq!(r.state(now + Duration::from_secs(15), DRAIN, false), Lifecycle::Ready);
 
         r.discover(Discovered::Listed(Condition::Terminating), now);
@@ -187,9 +222,36 @@ mod tests {
         assert_eq!(r.state(now, DRAIN, true), Lifecycle::Gone, "nothing in flight");
         assert_eq!(r.state(now + DRAIN, DRAIN, false), Lifecycle::Gone, "deadline");
         r.discover(Discovered::Removed, now + Duration::from_secs(1));
-        assert_eq!(r.next_deadline(DRAIN), Some(now + DRAIN), "the drain started at termination");
+        let drain_end = Some(now + DRAIN);
+        assert_eq!(r.next_deadline(now, DRAIN), drain_end, "the drain started at termination");
         let later = now + Duration::from_secs(16);
         r.discover(Discovered::Listed(Condition::Ready), later);
         assert_eq!(r.state(later, DRAIN, true), Lifecycle::Ready, "listed again: back in rotation");
+    }
+
+    #[test]
+    fn at_a_cold_start_discovery_is_trusted_after_one_check_time_unless_a_check_spoke() {
+        let now = Instant::now();
+        let gate = now + Duration::from_secs(1);
+        let mut silent = Record::new(Condition::Ready, true, now);
+        silent.presume_from(gate);
+        assert!(silent.awaiting_first_check(now));
+        assert_eq!(silent.state(now, DRAIN, true), Lifecycle::Warming);
+        assert_eq!(silent.next_deadline(now, DRAIN), Some(gate));
+        assert!(!silent.awaiting_first_check(gate));
+        assert_eq!(silent.state(gate, DRAIN, true), Lifecycle::Ready, "as kube-proxy would");
+        silent.check(Check::Fail, &policy());
+        assert_eq!(silent.state(gate, DRAIN, true), Lifecycle::Warming, "a failure takes it out");
+
+        let mut refused = Record::new(Condition::Ready, true, now);
+        refused.presume_from(gate);
+        refused.check(Check::Fail, &policy());
+        assert!(!refused.awaiting_first_check(now), "its check answered");
+        assert_eq!(refused.state(gate, DRAIN, true), Lifecycle::Warming, "never presumed");
+
+        let mut not_ready = Record::new(Condition::NotReady, true, now);
+        not_ready.presume_from(gate);
+        assert!(!not_ready.awaiting_first_check(now));
+        assert_eq!(not_ready.state(gate, DRAIN, true), Lifecycle::Warming, "discovery must agree");
     }
 }

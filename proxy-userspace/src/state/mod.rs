@@ -1,10 +1,13 @@
 //! What the agent believes about services and endpoints.
 //!
-//! [`State`] maps each VIP to a [`Service`]; each service's endpoints belong to one
-//! lifecycle owner task ([`owner`]), the single writer of their [`Lifecycle`]. The
-//! request path reads snapshots; everything else learns of changes from
-//! [`Transition`]s.
+//! [`State`] maps each VIP to a [`Service`]; every known service is there (its VIP is
+//! steered), but only a started one has a lifecycle owner task ([`owner`]), the single
+//! writer of its endpoints' [`Lifecycle`], and health checks: a service starts when a
+//! connection to it arrives ([`State::open`]) and stops after `service_idle_timeout`
+//! with none ([`State::expire_idle`], one tick for all services). The request path
+//! reads snapshots; everything else learns of changes from [`Transition`]s.
 
+mod demand;
 mod endpoint;
 pub mod lifecycle;
 mod outcome;
@@ -14,12 +17,15 @@ mod service;
 use std::{
     collections::{BTreeSet, HashMap},
     net::SocketAddr,
-    sync::Arc,
+    sync::{Arc, Weak},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
 use tokio::sync::{broadcast, mpsc, watch};
+use tracing::debug;
 
+pub use demand::{DEFAULT_IDLE, Demand, InUse, always_in_use};
 pub use endpoint::{Endpoint, EndpointSet, Lifecycle, Load};
 pub use outcome::{LocalOriginFailure, Outcome};
 pub use service::Service;
@@ -28,6 +34,7 @@ use crate::{
     discovery::DesiredService,
     health::{Active, Checker},
 };
+use demand::Idleness;
 use owner::{Command, Owner};
 
 /// One endpoint changing state. `from` is `None` when it first appears.
@@ -43,10 +50,16 @@ pub struct Transition {
 /// Transitions buffered for slow subscribers before they miss some.
 const TRANSITION_BUFFER: usize = 4096;
 
-/// A service and the command channel of its lifecycle owner task.
+/// A known service: what discovery says of it, and its owner while it is started.
 struct OwnedService {
     service: Arc<Service>,
+    desired: Arc<DesiredService>,
+    owner: Option<Started>,
+}
+
+struct Started {
     commands: mpsc::UnboundedSender<Command>,
+    idleness: Idleness,
 }
 
 pub struct State {
@@ -54,6 +67,8 @@ pub struct State {
     owned: std::sync::Mutex<HashMap<SocketAddr, OwnedService>>,
     transitions: broadcast::Sender<Transition>,
     checker: Arc<dyn Checker>,
+    /// How long a started service may go without a connection before it stops.
+    idle: Duration,
     /// Set when a service's lifecycle owner panicked: the agent cannot go on with a
     /// service nobody owns, and stops.
     failure: watch::Sender<Option<String>>,
@@ -74,8 +89,15 @@ impl State {
             owned: Default::default(),
             transitions: broadcast::Sender::new(TRANSITION_BUFFER),
             checker,
+            idle: DEFAULT_IDLE,
             failure: watch::Sender::new(None),
         }
+    }
+
+    /// Stops services after `idle` with no connection (default [`DEFAULT_IDLE`]).
+    pub fn idle_after(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// Resolves with what went wrong once a service's lifecycle owner has panicked.
@@ -95,6 +117,18 @@ impl State {
         self.table.load().get(vip).cloned()
     }
 
+    /// A connection to the service steered to `vip`, counted as its use until the
+    /// [`InUse`] drops; the service starts if it was not started (its endpoints are
+    /// taken in and their checks start before this returns: wait for them with
+    /// [`InUse::warmed`]). No lock unless the service starts.
+    pub fn open(&self, vip: &SocketAddr) -> Option<InUse> {
+        let in_use = InUse::new(self.lookup(vip)?);
+        if !in_use.demand.active() {
+            self.start(vip, &in_use);
+        }
+        Some(in_use)
+    }
+
     pub fn vips(&self) -> BTreeSet<SocketAddr> {
         self.table.load().keys().copied().collect()
     }
@@ -103,42 +137,100 @@ impl State {
         self.table.load().values().cloned().collect()
     }
 
+    /// How many services are started now.
+    pub fn started(&self) -> usize {
+        crate::sync::lock(&self.owned).values().filter(|o| o.owner.is_some()).count()
+    }
+
     /// Every endpoint state change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.transitions.subscribe()
     }
 
-    /// Makes the services match `desired`: new VIPs get a service and an owner task,
-    /// known ones get their endpoints and policy updated, missing ones are stopped.
-    /// A VIP whose name or protocol changed is replaced. Must run inside a tokio runtime.
-    pub fn apply(&self, desired: &[DesiredService]) {
+    /// Makes the services match `desired`: new VIPs get a service, known ones their
+    /// endpoints and policy (told to the owner of a started one), missing ones are
+    /// stopped. A VIP whose name or protocol changed is replaced. Services that
+    /// [`always_in_use`] start at once. Must run inside a tokio runtime.
+    pub fn apply<D: Clone + Into<Arc<DesiredService>>>(&self, desired: &[D]) {
+        let desired: Vec<Arc<DesiredService>> = desired.iter().cloned().map(Into::into).collect();
         let mut owned = crate::sync::lock(&self.owned);
-        let wanted: HashMap<SocketAddr, &DesiredService> =
+        let wanted: HashMap<SocketAddr, &Arc<DesiredService>> =
             desired.iter().map(|d| (d.vip, d)).collect();
-        owned.retain(|vip, m| {
+        let before = owned.len();
+        owned.retain(|vip, o| {
             let keep = wanted
                 .get(vip)
-                .is_some_and(|d| *m.service.name == *d.name && m.service.protocol == d.protocol);
-            if !keep {
-                let _ = m.commands.send(Command::Stop);
+                .is_some_and(|d| *o.service.name == *d.name && o.service.protocol == d.protocol);
+            if !keep && let Some(started) = o.owner.take() {
+                let _ = started.commands.send(Command::Stop);
             }
             keep
         });
+        let mut changed = owned.len() != before;
         for d in desired {
-            let m = owned.entry(d.vip).or_insert_with(|| self.spawn(d));
-            let _ = m.commands.send(Command::Policy(Box::new(d.policy.clone())));
-            let _ = m.commands.send(Command::Endpoints(d.endpoints.clone()));
+            let o = owned.entry(d.vip).or_insert_with(|| {
+                changed = true;
+                let service = Service::new(&d.name, d.vip, d.protocol, d.policy.clone());
+                OwnedService { service, desired: d.clone(), owner: None }
+            });
+            if !Arc::ptr_eq(&o.desired, &d) && *o.desired != *d {
+                self.update(o, &d);
+            }
+            o.desired = d;
+            if always_in_use(&o.desired) && o.owner.is_none() {
+                self.spawn(o);
+            }
         }
-        let table = owned.iter().map(|(vip, m)| (*vip, m.service.clone())).collect();
-        self.table.store(Arc::new(table));
+        if changed {
+            let table = owned.iter().map(|(vip, o)| (*vip, o.service.clone())).collect();
+            self.table.store(Arc::new(table));
+        }
     }
 
-    fn spawn(&self, d: &DesiredService) -> OwnedService {
-        let (service, outcomes) = Service::new(&d.name, d.vip, d.protocol, d.policy.clone());
+    /// Tells a known service what discovery now says of it.
+    fn update(&self, o: &OwnedService, d: &DesiredService) {
+        let policy_changed = o.desired.policy != d.policy;
+        match &o.owner {
+            Some(started) => {
+                if policy_changed {
+                    let _ = started.commands.send(Command::Policy(Box::new(d.policy.clone())));
+                }
+                let _ = started.commands.send(Command::Endpoints(d.endpoints.clone()));
+            }
+            None if policy_changed => o.service.set_policy(d.policy.clone()),
+            None => {}
+        }
+    }
+
+    /// Starts the service at `vip` for its first connection, unless it started since.
+    fn start(&self, vip: &SocketAddr, in_use: &InUse) {
+        let mut owned = crate::sync::lock(&self.owned);
+        let Some(o) = owned.get_mut(vip).filter(|o| Arc::ptr_eq(&o.service, in_use)) else {
+            return;
+        };
+        if o.owner.is_none() {
+            debug!(service = %o.service.name, %vip, "starting: a connection arrived");
+            self.spawn(o);
+        }
+        o.service.demand.set_active(true);
+    }
+
+    /// Starts `o`'s lifecycle owner: its endpoints are taken in as a cold start.
+    fn spawn(&self, o: &mut OwnedService) {
+        let service = o.service.clone();
         let (commands, receiver) = mpsc::unbounded_channel();
-        let (owner, findings) =
+        let (mut owner, findings) =
             Owner::new(service.clone(), self.transitions.clone(), self.checker.clone());
+        let outcomes = service.reports();
         let (name, failure) = (service.name.clone(), self.failure.clone());
+        let start = std::panic::AssertUnwindSafe(|| owner.start(&o.desired.endpoints));
+        if let Err(panic) = std::panic::catch_unwind(start) {
+            let what = crate::panic_message(&*panic);
+            failure.send_replace(Some(format!(
+                "the lifecycle owner of service {name} panicked: {what}"
+            )));
+            return;
+        }
         tokio::spawn(async move {
             let run = std::panic::AssertUnwindSafe(owner.run(receiver, outcomes, findings));
             if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
@@ -148,75 +240,46 @@ impl State {
                 )));
             }
         });
-        OwnedService { service, commands }
+        service.demand.set_active(true);
+        let idleness = Idleness::new(&service.demand, tokio::time::Instant::now());
+        o.owner = Some(Started { commands, idleness });
+    }
+
+    /// Stops every started service that had no connection for the idle time, looking
+    /// every [`demand::sweep_period`]: one tick for all services. Ends when the state
+    /// is dropped.
+    pub fn expire_idle(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let state: Weak<Self> = Arc::downgrade(self);
+        let mut tick = tokio::time::interval(demand::sweep_period(self.idle));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        async move {
+            loop {
+                tick.tick().await;
+                match state.upgrade() {
+                    Some(state) => state.sweep(tokio::time::Instant::now()),
+                    None => return,
+                }
+            }
+        }
+    }
+
+    fn sweep(&self, now: tokio::time::Instant) {
+        let mut owned = crate::sync::lock(&self.owned);
+        for o in owned.values_mut() {
+            let Some(started) = &mut o.owner else { continue };
+            let demand = &o.service.demand;
+            if always_in_use(&o.desired)
+                || !started.idleness.expired(demand, now, self.idle)
+                || !demand.try_stop()
+            {
+                continue;
+            }
+            debug!(service = %o.service.name, vip = %o.service.vip, "stopping: idle");
+            let _ = started.commands.send(Command::Stop);
+            o.owner = None;
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::Ordering;
-
-    use super::*;
-    use crate::{
-        config::{Policy, Protocol},
-        discovery::{Condition, DesiredEndpoint},
-        health::Manual,
-    };
-
-    fn service(endpoints: &[(&str, Condition)]) -> DesiredService {
-        let mut policy = Policy::default();
-        policy.health.enabled = false;
-        DesiredService {
-            name: "echo".into(),
-            vip: "10.96.0.1:80".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            policy,
-            endpoints: endpoints
-                .iter()
-                .map(|(a, c)| DesiredEndpoint { addr: a.parse().unwrap(), condition: *c })
-                .collect(),
-        }
-    }
-
-    async fn until(service: &Service, what: impl Fn(&EndpointSet) -> bool) {
-        let mut changes = service.watch_endpoints();
-        tokio::time::timeout(std::time::Duration::from_secs(60), changes.wait_for(|set| what(set)))
-            .await
-            .expect("the state in time")
-            .unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn discovery_conditions_drive_states_and_transitions() {
-        let state = State::with_checker(Arc::new(Manual));
-        let mut transitions = state.subscribe();
-        state.apply(&[service(&[
-            ("10.10.0.2:80", Condition::Ready),
-            ("10.10.0.3:80", Condition::NotReady),
-        ])]);
-        let svc = state.lookup(&"10.96.0.1:80".parse().unwrap()).expect("service exists");
-        until(&svc, |set| set.all.len() == 2 && set.ready.len() == 1).await;
-        assert_eq!(svc.endpoints().ready[0].addr.to_string(), "10.10.0.2:80");
-
-        // A request in flight keeps a terminating endpoint Draining; the NotReady one,
-        // removed and idle, is gone at once.
-        svc.endpoints().ready[0].load.outstanding.fetch_add(1, Ordering::Relaxed);
-        state.apply(&[service(&[("10.10.0.2:80", Condition::Terminating)])]);
-        until(&svc, |set| set.all.len() == 1 && set.all[0].lifecycle() == Lifecycle::Draining)
-            .await;
-        assert!(svc.endpoints().ready.is_empty());
-        svc.endpoints().all[0].load.outstanding.fetch_sub(1, Ordering::Relaxed);
-        until(&svc, |set| set.all.is_empty()).await;
-
-        let mut seen = Vec::new();
-        while let Ok(t) = transitions.try_recv() {
-            seen.push((t.addr.to_string(), t.to));
-        }
-        assert!(seen.contains(&("10.10.0.3:80".into(), Lifecycle::Gone)), "{seen:?}");
-        assert!(seen.contains(&("10.10.0.2:80".into(), Lifecycle::Draining)), "{seen:?}");
-        assert!(seen.contains(&("10.10.0.2:80".into(), Lifecycle::Gone)), "{seen:?}");
-
-        state.apply(&[]);
-        assert!(state.lookup(&"10.96.0.1:80".parse().unwrap()).is_none());
-    }
-}
+mod tests;

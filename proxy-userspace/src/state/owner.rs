@@ -1,7 +1,12 @@
-//! The lifecycle owner: one task per service, the only writer of its endpoints'
-//! states. It takes discovery's word, the health checkers' findings and the request
-//! path's outcomes (for outlier detection), keeps each endpoint's [`Record`], and
-//! publishes the endpoint set and a [`Transition`] whenever a state changes.
+//! The lifecycle owner: one task per started service, the only writer of its
+//! endpoints' states. It takes discovery's word, the health checkers' findings and the
+//! request path's outcomes (for outlier detection), keeps each endpoint's [`Record`],
+//! and publishes the endpoint set and a [`Transition`] whenever a state changes.
+//!
+//! It has no periodic tick: it sleeps until an event or the next moment a state can
+//! change by itself (an ejection or drain ending, a cold start's presumption), so a
+//! quiet service costs no wakeups. Only while a Draining endpoint still has requests
+//! in flight does it look every [`TICK`], to let it go as soon as they finish.
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,6 +19,7 @@ use tracing::debug;
 use super::{
     Endpoint, EndpointSet, Lifecycle, Outcome, Service, Transition,
     lifecycle::{Check, Discovered, Record},
+    service::Reports,
 };
 use crate::{
     config::Policy,
@@ -22,8 +28,8 @@ use crate::{
     outlier::Detector,
 };
 
-/// How often the owner looks at the clock: ejections and drains end on these ticks.
-const TICK: Duration = Duration::from_millis(50);
+/// How often the owner looks at a Draining endpoint with requests in flight.
+pub const TICK: Duration = Duration::from_millis(50);
 
 /// What the state manager tells a service's owner.
 #[derive(Debug)]
@@ -49,6 +55,9 @@ pub struct Owner {
     endpoints: HashMap<SocketAddr, Entry>,
     outlier: Detector,
     results: Results,
+    /// While the endpoints known at a cold start are taken in: when discovery's
+    /// ready is presumed for them.
+    presume_from: Option<std::time::Instant>,
 }
 
 impl Owner {
@@ -65,19 +74,30 @@ impl Owner {
             endpoints: HashMap::new(),
             outlier: Detector::default(),
             results,
+            presume_from: None,
         };
         (owner, findings)
+    }
+
+    /// Takes the service's endpoints as it starts cold (its first connection is
+    /// waiting): those discovery calls ready are presumed healthy if their first
+    /// check has not answered within one check's time ([`Record::presume_from`]).
+    pub fn start(&mut self, desired: &[DesiredEndpoint]) {
+        let health = &self.service.policy().health;
+        self.presume_from = health.enabled.then(|| now() + health.timeout);
+        self.discovered(desired);
+        self.presume_from = None;
+        self.settle();
     }
 
     pub async fn run(
         mut self,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        mut outcomes: mpsc::Receiver<(Arc<Endpoint>, Outcome)>,
+        mut outcomes: Reports,
         mut findings: mpsc::UnboundedReceiver<(SocketAddr, Check)>,
     ) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wake = self.next_wake();
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Endpoints(desired)) => self.discovered(&desired),
@@ -91,10 +111,27 @@ impl Owner {
                         m.record.check(check, &policy.health);
                     }
                 }
-                _ = tick.tick() => {}
+                () = sleep_until(wake), if wake.is_some() => {}
             }
             self.settle();
         }
+    }
+
+    /// When to look again with no event: the next deadline of an endpoint or of
+    /// outlier detection, or a [`TICK`] while a drain waits for requests in flight.
+    fn next_wake(&self) -> Option<std::time::Instant> {
+        let now = now();
+        let policy = self.service.policy();
+        let mut wake = self.outlier.next_due(&policy.outlier);
+        for entry in self.endpoints.values() {
+            let busy =
+                entry.endpoint.load.outstanding.load(std::sync::atomic::Ordering::Relaxed) > 0;
+            let draining = busy && entry.endpoint.lifecycle() == Lifecycle::Draining;
+            let poll = draining.then(|| now + TICK);
+            let deadline = entry.record.next_deadline(now, policy.timeout.drain);
+            wake = [wake, poll, deadline].into_iter().flatten().min();
+        }
+        wake
     }
 
     fn discovered(&mut self, desired: &[DesiredEndpoint]) {
@@ -115,7 +152,10 @@ impl Owner {
             let endpoint = Endpoint::new(addr, Lifecycle::Warming);
             self.announce(&endpoint, None, Lifecycle::Warming);
             let checker = self.start_checker(addr, &policy);
-            let record = Record::new(condition, checker.is_some(), now);
+            let mut record = Record::new(condition, checker.is_some(), now);
+            if let Some(from) = self.presume_from {
+                record.presume_from(from);
+            }
             self.endpoints.insert(addr, Entry { endpoint, record, checker });
         }
         self.publish();
@@ -178,6 +218,10 @@ impl Owner {
             }
         }
         if changed.is_empty() {
+            let published = self.service.endpoints();
+            if published.starting != (published.ready.is_empty() && self.starting(now)) {
+                self.publish();
+            }
             return;
         }
         // Readmissions first: an ejection that ended before another began reads so.
@@ -213,9 +257,15 @@ impl Owner {
     }
 
     fn publish(&self) {
-        self.service.publish(EndpointSet::new(
-            self.endpoints.values().map(|m| m.endpoint.clone()).collect(),
-        ));
+        let mut set =
+            EndpointSet::new(self.endpoints.values().map(|e| e.endpoint.clone()).collect());
+        set.starting = set.ready.is_empty() && self.starting(now());
+        self.service.publish(set);
+    }
+
+    /// Some endpoint of a cold start still awaits its first check.
+    fn starting(&self, now: std::time::Instant) -> bool {
+        self.endpoints.values().any(|e| e.record.awaiting_first_check(now))
     }
 
     fn announce(&self, endpoint: &Endpoint, from: Option<Lifecycle>, to: Lifecycle) {
@@ -243,6 +293,12 @@ impl Drop for Owner {
 /// The time, from tokio's clock so paused-time tests control it.
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(wake: Option<std::time::Instant>) {
+    if let Some(wake) = wake {
+        tokio::time::sleep_until(wake.into()).await;
+    }
 }
 
 #[cfg(test)]

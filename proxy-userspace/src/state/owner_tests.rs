@@ -13,8 +13,8 @@ struct Harness {
 }
 
 fn start(policy: Policy) -> Harness {
-    let (service, outcomes) =
-        Service::new("greeter", "10.96.0.10:80".parse().unwrap(), Protocol::Grpc, policy);
+    let service = Service::new("greeter", "10.96.0.10:80".parse().unwrap(), Protocol::Grpc, policy);
+    let outcomes = service.reports();
     let (owner, findings) =
         Owner::new(service.clone(), broadcast::Sender::new(64), Arc::new(Manual));
     let results = owner.results.clone();
@@ -112,4 +112,29 @@ async fn a_terminating_endpoint_drains_until_its_deadline() {
     let drained = started.elapsed();
     assert!(drained >= Duration::from_secs(10) && drained < Duration::from_secs(11), "{drained:?}");
     assert_eq!(endpoint.lifecycle(), Lifecycle::Gone);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_service_has_nothing_to_wake_for() {
+    let service = Service::new(
+        "greeter",
+        "10.96.0.10:80".parse().unwrap(),
+        Protocol::Grpc,
+        Policy::default(),
+    );
+    let (mut owner, _findings) = Owner::new(service, broadcast::Sender::new(8), Arc::new(Manual));
+    owner.start(&[DesiredEndpoint { addr: addr(1), condition: Condition::Ready }]);
+    let presumed = tokio::time::Instant::now() + Policy::default().health.timeout;
+    assert_eq!(owner.next_wake(), Some(presumed.into_std()), "a cold start's presumption");
+    let policy = Policy::default();
+    owner.endpoints.get_mut(&addr(1)).unwrap().record.check(Check::Pass, &policy.health);
+    owner.settle();
+    assert_eq!(owner.endpoint_state(1), Lifecycle::Ready);
+    assert_eq!(owner.next_wake(), None, "no timer while nothing is due");
+}
+
+impl Owner {
+    fn endpoint_state(&self, n: u8) -> Lifecycle {
+        self.endpoints[&addr(n)].endpoint.lifecycle()
+    }
 }

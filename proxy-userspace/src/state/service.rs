@@ -1,5 +1,7 @@
 //! One service VIP as the request path sees it: its policy and a snapshot of its
-//! endpoints, replaced as a whole by its lifecycle owner.
+//! endpoints, replaced as a whole by its lifecycle owner, and its [`Demand`]. A
+//! service nobody uses costs this struct and nothing else: the outcome queue comes
+//! with its owner.
 
 use std::{
     net::SocketAddr,
@@ -9,10 +11,10 @@ use std::{
     },
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{mpsc, watch};
 
-use super::{Endpoint, EndpointSet, Outcome};
+use super::{Endpoint, EndpointSet, Outcome, demand::Demand};
 use crate::config::{Policy, Protocol};
 
 /// How many outcomes may wait for the owner before new ones are dropped (the request
@@ -27,30 +29,42 @@ pub struct Service {
     policy: ArcSwap<Policy>,
     endpoints: ArcSwap<EndpointSet>,
     changes: watch::Sender<Arc<EndpointSet>>,
-    outcomes: mpsc::Sender<(Arc<Endpoint>, Outcome)>,
+    /// To the lifecycle owner, while there is one.
+    outcomes: ArcSwapOption<mpsc::Sender<(Arc<Endpoint>, Outcome)>>,
     next: AtomicUsize,
+    pub demand: Demand,
 }
 
+/// What the owner of a service reads the request path's outcomes from.
+pub type Reports = mpsc::Receiver<(Arc<Endpoint>, Outcome)>;
+
 impl Service {
-    /// A service with no endpoints, and the receiving end of its outcome reports.
+    /// A service with no endpoints, not started.
     pub(crate) fn new(
         name: &str,
         vip: SocketAddr,
         protocol: Protocol,
         policy: Policy,
-    ) -> (Arc<Self>, mpsc::Receiver<(Arc<Endpoint>, Outcome)>) {
-        let (outcomes, reports) = mpsc::channel(OUTCOME_QUEUE);
-        let service = Self {
+    ) -> Arc<Self> {
+        let empty = Arc::new(EndpointSet::default());
+        Arc::new(Self {
             name: name.into(),
             vip,
             protocol,
             policy: ArcSwap::from_pointee(policy),
-            endpoints: ArcSwap::from_pointee(EndpointSet::default()),
-            changes: watch::Sender::new(Arc::new(EndpointSet::default())),
-            outcomes,
+            endpoints: ArcSwap::new(empty.clone()),
+            changes: watch::Sender::new(empty),
+            outcomes: ArcSwapOption::empty(),
             next: AtomicUsize::new(0),
-        };
-        (Arc::new(service), reports)
+            demand: Demand::default(),
+        })
+    }
+
+    /// A new queue of outcome reports, for a new lifecycle owner.
+    pub(crate) fn reports(&self) -> Reports {
+        let (outcomes, reports) = mpsc::channel(OUTCOME_QUEUE);
+        self.outcomes.store(Some(Arc::new(outcomes)));
+        reports
     }
 
     /// The current endpoints. Cheap: no lock, no allocation.
@@ -70,7 +84,9 @@ impl Service {
     /// Reports how a request to `endpoint` went. Never blocks; drops the report if the
     /// owner is that far behind.
     pub fn report(&self, endpoint: &Arc<Endpoint>, outcome: Outcome) {
-        let _ = self.outcomes.try_send((endpoint.clone(), outcome));
+        if let Some(outcomes) = &*self.outcomes.load() {
+            let _ = outcomes.try_send((endpoint.clone(), outcome));
+        }
     }
 
     /// Ready endpoints once each, starting one further than the previous call (round

@@ -5,6 +5,7 @@ pub mod accel;
 pub mod grpc;
 pub mod load;
 pub mod peers;
+pub mod scale;
 pub mod tcp;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

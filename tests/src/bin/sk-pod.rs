@@ -12,9 +12,10 @@
 //!                      [--no-watch true]
 //!       A gRPC backend: sockeye.test.Echo and grpc.health.v1, steered from stdin
 //!       (see sandbox::grpc::backend).
-//!   sk-pod grpc-load --to ADDR --rate R --duration-ms D [--timeout-ms T]
+//!   sk-pod grpc-load --to ADDR[,ADDR…] --rate R --duration-ms D [--timeout-ms T]
 //!                    [--payload-bytes N] [--max-in-flight M]
-//!       Open-loop unary calls over one HTTP/2 connection; prints a JSON report
+//!       Open-loop unary calls over one HTTP/2 connection (per ADDR, called in
+//!       turn); prints a JSON report
 //!       (sandbox::grpc::load::LoadReport) as its last line.
 //!   sk-pod grpc-shape --to ADDR --shape unary|fetch|upload|pingpong|bulk|hold
 //!                     [--count N] [--size B] [--pause-ms P] [--read-rate BYTES_PER_S]
@@ -114,8 +115,9 @@ fn main() -> anyhow::Result<()> {
             no_watch: flags.get("no-watch").is_some_and(|v| v == "true"),
         })),
         "grpc-load" => {
+            let to = get("to")?.split(',').map(str::parse).collect::<Result<_, _>>()?;
             let report = runtime()?.block_on(grpc::load::run(grpc::load::Options {
-                to: get("to")?.parse()?,
+                to,
                 rate: get("rate")?.parse()?,
                 duration: millis(&flags, "duration-ms", 10_000)?,
                 timeout: millis(&flags, "timeout-ms", 2_000)?,

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use sandbox::bench;
 
 const USAGE: &str = "\
-sockeye-bench [grpc] [peers] [accel] [tcp] [load] [--rate N] [--seconds S] [--rounds R]
+sockeye-bench [grpc] [peers] [accel] [tcp] [load] [scale] [--rate N] [--seconds S] [--rounds R]
 
   grpc          gRPC unary from an enrolled Pod: direct to a backend Pod vs through the
                 agent to the same Pod; latency percentiles, agent CPU per 1k calls and
@@ -25,6 +25,13 @@ sockeye-bench [grpc] [peers] [accel] [tcp] [load] [--rate N] [--seconds S] [--ro
                 (no suite named: grpc, peers, accel, tcp)
   load          idle connections through the agent beside 5,000 gRPC calls/s for 60 s:
                 failures, idle connections kept, agent RSS (run it by name)
+  scale         a node of a big cluster: 100 and 10,000 Services of 10 endpoints known
+                (static config, then the fake API server with 110 Pods on the node),
+                100 used under light load: time to ready, RSS, idle CPU, connections
+                to endpoints, EndpointSlice change to balancer p50/p99 beside 100 other
+                changes a second; and evicting 100 sockets beside 100 and 10,000
+                others (run it by name)
+  --known N     the most Services known in the scale suite (default 10000)
   --rate N      calls per second in the latency rounds (default 1000)
   --seconds S   length of one latency round (default 5)
   --rounds R    latency rounds per path, interleaved (default 3)
@@ -49,6 +56,8 @@ fn run() -> anyhow::Result<()> {
         ramp: vec![1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000],
     };
     let (mut grpc, mut peers, mut accel, mut tcp, mut load) = (false, false, false, false, false);
+    let mut scale = false;
+    let mut known = 10_000;
     let mut idle = 9_000;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -59,6 +68,8 @@ fn run() -> anyhow::Result<()> {
             "accel" => accel = true,
             "tcp" => tcp = true,
             "load" => load = true,
+            "scale" => scale = true,
+            "--known" => known = value("--known")?.parse()?,
             "--rate" => options.rate = value("--rate")?.parse()?,
             "--seconds" => options.round = Duration::from_secs(value("--seconds")?.parse()?),
             "--rounds" => options.rounds = value("--rounds")?.parse()?,
@@ -70,7 +81,7 @@ fn run() -> anyhow::Result<()> {
             other => bail!("unknown argument {other:?}\n\n{USAGE}"),
         }
     }
-    if !grpc && !peers && !accel && !tcp && !load {
+    if !grpc && !peers && !accel && !tcp && !load && !scale {
         (grpc, peers, accel, tcp) = (true, true, true, true);
     }
     if grpc {
@@ -125,6 +136,23 @@ fn run() -> anyhow::Result<()> {
         let path = bench::save("bench-load", &outcome)?;
         std::fs::write(path.with_extension("md"), &table)?;
         println!("results saved to {} (and bench-load.md)", path.display());
+    }
+    if scale {
+        let options = bench::scale::Options {
+            known: vec![100.min(known), known],
+            used: 100,
+            changes: 1_000,
+            background_rate: 100,
+            window: Duration::from_secs(20),
+        };
+        let runs = bench::scale::run(&options)?;
+        let evictions = vec![bench::scale::eviction(100, 5)?, bench::scale::eviction(10_000, 5)?];
+        let table = bench::scale::table(&runs, &evictions);
+        println!("\n== a node of a big cluster ==\n\n{table}");
+        let results = serde_json::json!({"runs": runs, "evictions": evictions});
+        let path = bench::save("bench-scale", &results)?;
+        std::fs::write(path.with_extension("md"), &table)?;
+        println!("results saved to {} (and bench-scale.md)", path.display());
     }
     Ok(())
 }

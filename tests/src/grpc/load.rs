@@ -1,5 +1,5 @@
 //! `sk-pod grpc-load`: open-loop unary calls at a constant rate over one HTTP/2
-//! connection. Latency is measured from each call's scheduled send time, so a stalled
+//! connection (per target, when calls go to several in turn). Latency is measured from each call's scheduled send time, so a stalled
 //! connection shows up in the percentiles instead of silently lowering the rate
 //! (no coordinated omission). The report is one JSON line.
 
@@ -19,7 +19,8 @@ use tonic::{Code, Status};
 use super::{CallRequest, client::EchoClient};
 
 pub struct Options {
-    pub to: SocketAddr,
+    /// Where calls go, in turn (one HTTP/2 connection each).
+    pub to: Vec<SocketAddr>,
     pub rate: u32,
     pub duration: Duration,
     pub timeout: Duration,
@@ -75,7 +76,9 @@ struct Tally {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
-    let client = EchoClient::lazy(options.to)?;
+    let clients: Vec<EchoClient> =
+        options.to.iter().map(|&to| EchoClient::lazy(to)).collect::<Result<_, _>>()?;
+    anyhow::ensure!(!clients.is_empty(), "no target to call");
     let seconds = options.duration.as_secs_f64().ceil() as usize;
     let tally = Arc::new(Mutex::new(Tally {
         report: LoadReport {
@@ -89,7 +92,10 @@ pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
     let mut schedule = pace(start, options.rate, options.duration);
     let mut tasks = tokio::task::JoinSet::new();
     let payload = vec![0x5a; options.payload];
+    let mut next = 0usize;
     while let Some(scheduled) = schedule.recv().await {
+        let client = &clients[next % clients.len()];
+        next += 1;
         let second = scheduled.duration_since(start).as_secs() as usize;
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
             record(&tally, second, Err("Overload: too many calls in flight".into()), scheduled);

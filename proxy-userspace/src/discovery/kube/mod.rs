@@ -61,6 +61,7 @@ impl Kube {
             node: node.to_string(),
             snapshot: Snapshot::default(),
             finder: netns::Finder::new(proc_root),
+            enroll: Vec::new(),
         };
         tokio::spawn(watches.run(streams(&client, node), tx, synced_tx));
         Self { rx, synced }
@@ -114,6 +115,24 @@ struct Watches {
     node: String,
     snapshot: Snapshot,
     finder: netns::Finder,
+    /// The enrolled Pods' namespaces last found.
+    enroll: Vec<super::Enrollee>,
+}
+
+/// What a batch of watch events changed.
+#[derive(Clone, Copy, Default)]
+struct Changed {
+    /// Anything that makes the desired state.
+    state: bool,
+    /// Which Pods are enrolled: their namespaces are looked up again.
+    pods: bool,
+}
+
+impl std::ops::BitOrAssign for Changed {
+    fn bitor_assign(&mut self, other: Self) {
+        self.state |= other.state;
+        self.pods |= other.pods;
+    }
 }
 
 impl Watches {
@@ -127,13 +146,14 @@ impl Watches {
         let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
         resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut changed = false;
+            let mut changed = Changed::default();
             tokio::select! {
                 item = streams.next() => match item {
                     Some(item) => changed |= self.apply(item),
                     None => return,
                 },
-                _ = resolve.tick() => {}
+                // Pods' processes come and go without an event.
+                _ = resolve.tick() => changed.pods = true,
             }
             // A burst of events makes one new state.
             while let Some(Some(item)) = streams.next().now_or_never() {
@@ -142,17 +162,24 @@ impl Watches {
             if !self.snapshot.synced() || tx.is_closed() {
                 continue;
             }
-            let uids: Vec<String> =
-                self.snapshot.enrolled_pods().map(|pod| pod.uid.clone()).collect();
-            let enroll = self.finder.enrollees(uids.iter().map(String::as_str));
-            if !changed && enroll == tx.borrow().enroll {
+            let first = !*synced.borrow();
+            if changed.pods || first {
+                let uids: Vec<&str> =
+                    self.snapshot.enrolled_pods().map(|pod| pod.uid.as_str()).collect();
+                let enroll = self.finder.enrollees(uids);
+                changed.state |= enroll != self.enroll;
+                self.enroll = enroll;
+            }
+            if !changed.state && !first {
                 continue;
             }
-            let desired = self.snapshot.desired(enroll);
-            if !*synced.borrow() {
+            let desired = self.snapshot.desired(self.enroll.clone());
+            if first {
+                // The initial lists' JSON is gone: give its memory back.
+                crate::sys::release_free_memory();
                 info!(
                     services = desired.services.len(),
-                    pods = uids.len(),
+                    pods = self.snapshot.enrolled_pods().count(),
                     netns_found = desired.enroll.len(),
                     "synced with the Kubernetes API"
                 );
@@ -168,21 +195,25 @@ impl Watches {
         }
     }
 
-    fn apply(&mut self, (kind, item): Item) -> bool {
+    fn apply(&mut self, (kind, item): Item) -> Changed {
         let event = match item {
             Ok(event) => event,
             Err(err) => {
                 warn!(?kind, "watch failed, retrying: {err}");
-                return false;
+                return Changed::default();
             }
         };
         let s = &mut self.snapshot;
-        match kind {
-            Kind::Namespace => s.namespaces.apply(event, objects::namespace),
-            Kind::Pod => s.pods.apply(event, |o| objects::pod(o, &self.node)),
-            Kind::Service => s.services.apply(event, objects::service),
-            Kind::EndpointSlice => s.slices.apply(event, objects::slice),
-        }
+        let (state, pods) = match kind {
+            Kind::Namespace => (false, s.namespace(event)),
+            Kind::Pod => {
+                let changed = s.pod(event, &self.node);
+                (changed, changed)
+            }
+            Kind::Service => (s.service(event), false),
+            Kind::EndpointSlice => (s.slice(event), false),
+        };
+        Changed { state, pods }
     }
 }
 

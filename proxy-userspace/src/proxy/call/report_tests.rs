@@ -15,8 +15,9 @@ type UpstreamBody = StreamBody<mpsc::UnboundedReceiver<Result<Frame<Bytes>, std:
 type Outcomes = tokio::sync::mpsc::Receiver<(Arc<Endpoint>, Outcome)>;
 
 fn watched() -> (Sender, ResponseBody<UpstreamBody>, Outcomes, Arc<Endpoint>) {
-    let (service, outcomes) =
+    let service =
         Service::new("greeter", "10.96.0.1:80".parse().unwrap(), Protocol::Grpc, Policy::default());
+    let outcomes = service.reports();
     let metrics = Metrics::new(Arc::new(Recorder::default()), Arc::new(State::default()));
     let endpoint = Endpoint::new("10.10.0.2:80".parse().unwrap(), Lifecycle::Ready);
     let settle = Settle {
