@@ -177,6 +177,8 @@ fn wait_ready(
         wait_table(node, spec, live, Duration::from_secs(10))?;
         return Ok(());
     }
+    // A relay-mode service starts (and checks its endpoints) with its first connection.
+    node.client().probe(spec.vip, 1, 1)?;
     for backend in live {
         wait_state(agent, node.sandbox.pod(backend).addr(ECHO_PORT), "ready")?;
     }
