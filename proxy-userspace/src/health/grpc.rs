@@ -57,7 +57,10 @@ pub async fn run(addr: SocketAddr, policy: &HealthPolicy, results: &Results) {
 async fn connect(addr: SocketAddr, policy: &HealthPolicy) -> Option<SendRequest<Full<Bytes>>> {
     let stream = tokio::time::timeout(policy.timeout, TcpStream::connect(addr)).await.ok()?.ok()?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = h2_client().handshake(TokioIo::new(stream)).await.ok()?;
+    // A Watch stream stays open: its connection is pinged every check timeout, which
+    // finds a frozen backend that would otherwise just stay silent.
+    let (sender, connection) =
+        h2_client(policy.timeout).handshake(TokioIo::new(stream)).await.ok()?;
     tokio::spawn(connection);
     Some(sender)
 }

@@ -21,17 +21,21 @@ use super::{
 };
 use crate::{proxy::body::ProxyBody, state::LocalOriginFailure};
 
-/// Ping interval, and how long a ping may go unanswered.
+/// Ping interval of an upstream connection with requests in flight, and how long a
+/// ping may go unanswered.
 pub const KEEPALIVE: Duration = Duration::from_millis(500);
 
-/// An HTTP/2 client whose keepalive pings find a dead or frozen peer.
-pub fn h2_client() -> http2::Builder<TokioExecutor> {
+/// An HTTP/2 client whose keepalive pings, every `interval` while a stream is open,
+/// find a dead or frozen peer. An idle connection is not pinged: a node with hundreds
+/// of pooled connections would spend its idle time on pings, and the endpoint's health
+/// check watches it meanwhile.
+pub fn h2_client(interval: Duration) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE)
-        .keep_alive_timeout(KEEPALIVE)
-        .keep_alive_while_idle(true);
+        .keep_alive_interval(interval)
+        .keep_alive_timeout(interval)
+        .keep_alive_while_idle(false);
     builder
 }
 
@@ -113,7 +117,7 @@ impl Upstream {
         }
         let stream = self.connect(connect_timeout).await?;
         let (sender, connection) =
-            h2_client().handshake(TokioIo::new(stream)).await.map_err(|err| {
+            h2_client(KEEPALIVE).handshake(TokioIo::new(stream)).await.map_err(|err| {
                 debug!(endpoint = %self.addr, "h2 handshake failed: {err}");
                 SendError::Reset
             })?;
