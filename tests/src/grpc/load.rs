@@ -39,6 +39,9 @@ pub struct LoadReport {
     pub backends: BTreeMap<String, u64>,
     /// Latency of successful calls, in microseconds, from the scheduled send time.
     pub latency_us: Percentiles,
+    /// Successful calls that took 100 ms or more.
+    #[serde(default)]
+    pub over_100ms: u64,
     /// Calls by the second they were scheduled in.
     pub timeline: Vec<Second>,
     /// Calls sent again because the first try never left this client (see
@@ -160,6 +163,7 @@ fn record(tally: &Mutex<Tally>, second: usize, result: Result<String, String>, s
             *tally.report.backends.entry(backend).or_default() += 1;
             let micros = scheduled.elapsed().as_micros().clamp(1, 60_000_000) as u64;
             let _ = tally.histogram.record(micros);
+            tally.report.over_100ms += u64::from(micros >= 100_000);
         }
         Err(error) => {
             tally.report.failed += 1;

@@ -23,7 +23,7 @@ use tracing::debug;
 
 use super::{
     Call, attempt,
-    race::{Hedges, race},
+    race::{Hedges, Next, race},
     report::{self, Judged},
 };
 use crate::{balance::pewma, config::Policy, hedge::covers, state::Endpoint, upstream::Balancer};
@@ -40,6 +40,9 @@ pub async fn round(
     let covered = covers(&policy.hedge, &call.target());
     let started = Instant::now();
     let delay = covered.then(|| balancer.latencies().delay(started, &policy.hedge)).flatten();
+    if let Some(delay) = delay {
+        tracing::trace!(service = %balancer.service.name, ?delay, "hedge delay");
+    }
     let hedges = delay.map(|delay| Hedges {
         delay,
         max_tries: policy.hedge.max_attempts as usize,
@@ -66,24 +69,29 @@ pub async fn round(
     settled.outcome
 }
 
-/// The endpoint of the next hedge, or `None` when none may be sent now.
+/// Whether, and where, a hedge due now goes.
 fn next_hedge(
     balancer: &Balancer,
     call: &Call,
     policy: &Policy,
     tried: &[Arc<Endpoint>],
-) -> Option<Arc<Endpoint>> {
+) -> Next<Arc<Endpoint>> {
     let (service, now) = (&balancer.service, Instant::now());
-    if !call.body.may_hedge() || call.deadlines.expired(now, call.body.progress()) {
-        debug!(service = %service.name, "not hedged: the request is not whole, or time is up");
-        return None;
+    if call.deadlines.expired(now, call.body.progress()) {
+        return Next::Stop;
     }
-    let endpoint = balancer.select.pick(&service.endpoints(), tried)?;
+    if !call.body.may_hedge() {
+        return if call.body.replayable() { Next::Later } else { Next::Stop };
+    }
+    let Some(endpoint) = balancer.select.pick(&service.endpoints(), tried) else {
+        return Next::Stop;
+    };
     if !balancer.budget().try_hedge(now.into_std(), policy.hedge.max_extra_load) {
         debug!(service = %service.name, "hedge budget spent");
         balancer.metrics.hedge_budget_exhausted(&service.name);
-        return None;
+        return Next::Stop;
     }
     balancer.metrics.hedge(&service.name);
-    Some(endpoint)
+    debug!(service = %service.name, endpoint = %endpoint.addr, tried = tried.len(), "hedge sent");
+    Next::Send(endpoint)
 }

@@ -1,5 +1,6 @@
 //! A race of tries: the first try, then, each time `delay` passes with no answer, a
-//! hedge to another endpoint, up to `max_tries` at once. The first try whose outcome
+//! hedge to another endpoint, up to `max_tries` at once (a hedge that cannot go yet
+//! is asked for again every [`RECHECK`]). The first try whose outcome
 //! ends the race (response headers, not a failure to retry) wins, and the tries
 //! still running are dropped: hyper then cancels them (HTTP/2 RST_STREAM CANCEL; an
 //! HTTP/1.1 connection is closed, never reused). A try that fails while others still
@@ -23,10 +24,23 @@ pub struct Hedges<N> {
     pub delay: Duration,
     /// Tries at once at most, the first included.
     pub max_tries: usize,
-    /// The endpoint of the next hedge given the endpoints tried, or `None` when no
-    /// more may be sent (none left, the budget is spent, the call is not ready).
+    /// What to do when a hedge is due, given the endpoints tried.
     pub next: N,
 }
+
+/// The answer of [`Hedges::next`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next<E> {
+    /// Send a hedge to this endpoint.
+    Send(E),
+    /// Not yet (the request is not whole yet): ask again after [`RECHECK`].
+    Later,
+    /// No more hedges in this race (no endpoint left, the budget is spent).
+    Stop,
+}
+
+/// How soon a hedge that could not be sent yet is asked for again.
+pub const RECHECK: Duration = Duration::from_millis(1);
 
 /// How a race ended.
 #[derive(Debug)]
@@ -51,18 +65,15 @@ where
     T: Finish,
     S: Fn(E) -> Fut,
     Fut: Future<Output = T>,
-    N: FnMut(&[E]) -> Option<E>,
+    N: FnMut(&[E]) -> Next<E>,
 {
     let started = Instant::now();
     // The endpoint and start of each try, until it finishes.
     let mut running = vec![Some((first.clone(), started))];
     let mut racers = FuturesUnordered::new();
     racers.push(numbered(0, send(first)));
+    let mut due = hedges.as_ref().map(|h| started + h.delay);
     loop {
-        let due = hedges
-            .as_ref()
-            .filter(|h| running.len() < h.max_tries)
-            .map(|h| started + h.delay * running.len() as u32);
         tokio::select! {
             biased;
             Some((i, outcome)) = racers.next() => {
@@ -77,14 +88,19 @@ where
                 }
             }
             () = sleep_until(due.unwrap_or(started)), if due.is_some() => {
-                match hedges.as_mut().and_then(|h| (h.next)(tried)) {
-                    Some(endpoint) => {
+                let Some(h) = hedges.as_mut() else { due = None; continue };
+                due = match (h.next)(tried) {
+                    Next::Send(endpoint) => {
                         tried.push(endpoint.clone());
                         racers.push(numbered(running.len(), send(endpoint.clone())));
                         running.push(Some((endpoint, Instant::now())));
+                        // The next hedge one more delay after this one was due.
+                        let at = started + h.delay * running.len() as u32;
+                        (running.len() < h.max_tries).then(|| at.max(Instant::now()))
                     }
-                    None => hedges = None,
-                }
+                    Next::Later => Some(Instant::now() + RECHECK),
+                    Next::Stop => None,
+                };
             }
         }
     }

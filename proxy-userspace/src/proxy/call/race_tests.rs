@@ -55,11 +55,13 @@ fn hedges(
     delay_ms: u64,
     max_tries: usize,
     order: &'static [&'static str],
-) -> Option<Hedges<impl FnMut(&[&'static str]) -> Option<&'static str>>> {
+) -> Option<Hedges<impl FnMut(&[&'static str]) -> Next<&'static str>>> {
     Some(Hedges {
         delay: Duration::from_millis(delay_ms),
         max_tries,
-        next: move |tried: &[&'static str]| order.iter().find(|e| !tried.contains(e)).copied(),
+        next: move |tried: &[&'static str]| {
+            order.iter().find(|e| !tried.contains(e)).map_or(Next::Stop, |e| Next::Send(*e))
+        },
     })
 }
 
@@ -89,7 +91,7 @@ async fn an_answer_before_the_delay_sends_no_hedge() {
     let never = Some(Hedges {
         delay: ms(5),
         max_tries: 2,
-        next: |_: &[&'static str]| -> Option<&'static str> { panic!("no hedge is due") },
+        next: |_: &[&'static str]| -> Next<&'static str> { panic!("no hedge is due") },
     });
     let settled = race("a", &mut tried, never, |e| backends.send(e)).await;
     assert_eq!((settled.outcome, start.elapsed()), (Fake::Answer("a"), ms(3)));
@@ -144,4 +146,22 @@ async fn a_failed_try_leaves_the_call_to_the_others_and_the_last_failure_ends_it
         "a failure before the delay is the retry loop's to handle"
     );
     assert!(backends.dropped().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_cannot_go_yet_is_asked_for_again() {
+    let backends = Backends::new(&[("a", 100, true), ("b", 1, true)]);
+    let start = Instant::now();
+    let mut asked = 0;
+    let not_before_8_ms = Some(Hedges {
+        delay: ms(5),
+        max_tries: 2,
+        next: |_: &[&'static str]| {
+            asked += 1;
+            if start.elapsed() < ms(8) { Next::Later } else { Next::Send("b") }
+        },
+    });
+    let settled = race("a", &mut vec!["a"], not_before_8_ms, |e| backends.send(e)).await;
+    assert_eq!((settled.outcome, start.elapsed()), (Fake::Answer("b"), ms(9)));
+    assert_eq!(asked, 4, "at 5, 6, 7 and 8 ms");
 }

@@ -116,11 +116,13 @@ where
     }
 
     /// Whether a try may start beside the ones running (a hedge): the copy holds the
-    /// client's whole body, or no try has begun to read it (the new one will, and the
-    /// others replay it). Never while the client is still streaming to a try.
+    /// client's whole body (or its end has arrived, unread), or no try has begun to
+    /// read it (the new one will, and the others replay it). Never while the client
+    /// is still streaming to a try.
     pub fn may_hedge(&self) -> bool {
         let state = self.shared.lock();
-        !state.outgrown && !state.client_failed && (state.inner.is_none() || !state.polled)
+        let whole = state.inner.as_ref().is_none_or(|inner| !state.polled || inner.is_end_stream());
+        !state.outgrown && !state.client_failed && whole
     }
 
     /// Whether the body of try `generation` failed on its own: the try's failure is
@@ -203,7 +205,9 @@ where
             this.done = true;
             return Poll::Ready(state.trailers.clone().map(|t| Ok(Frame::trailers(t))));
         }
-        if state.generation != this.generation {
+        // The end of the client's body may be read by any try: nothing follows it.
+        let at_end = state.inner.as_ref().is_some_and(Body::is_end_stream);
+        if state.generation != this.generation && !at_end {
             state.spoiled.push(this.generation);
             return Poll::Ready(Some(Err(ReplayError::Superseded)));
         }
@@ -252,14 +256,9 @@ where
             return true;
         }
         let state = self.shared.lock();
-        // A superseded try whose client body has not ended is not at its end: its next
-        // poll fails it.
         self.at >= state.read
             && state.trailers.is_none()
-            && state
-                .inner
-                .as_ref()
-                .is_none_or(|inner| state.generation == self.generation && inner.is_end_stream())
+            && state.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
