@@ -25,7 +25,7 @@ impl ExtraLoad {
             text.lines()
                 .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
                 .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-                .sum()
+                .fold(0.0, |a, b| a + b)
         };
         Ok(Self {
             requests: sum("sockeye_requests_total"),

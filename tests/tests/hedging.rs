@@ -221,6 +221,7 @@ fn a_rolling_update_with_a_frozen_pod_keeps_every_call_under_100_ms_with_hedging
     let results = vec![(path, rolling::run(path, &options, &|line| println!("{line}")).unwrap())];
     rolling::print_table(&results);
     let (load, extra) = (&results[0].1.load, results[0].1.extra.unwrap_or_default());
+    println!("the slowest call was sent {:.1} s into the load", load.slowest_at_ms as f64 / 1000.0);
     assert_eq!(load.failed, 0, "{load:?}");
     assert!(load.latency_us.max <= 100_000, "max {:.1} ms", ms(load.latency_us.max));
     assert!(extra.hedges > 0.0, "calls caught on the dying Pods were hedged: {extra:?}");

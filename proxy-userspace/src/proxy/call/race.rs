@@ -1,6 +1,7 @@
 //! A race of tries: the first try, then, each time `delay` passes with no answer, a
-//! hedge to another endpoint, up to `max_tries` at once (a hedge that cannot go yet
-//! is asked for again every [`RECHECK`]). The first try whose outcome
+//! hedge to another endpoint, up to `max_tries` at once; a try that fails while
+//! others run is replaced by a hedge at once (a hedge that cannot go yet is asked for
+//! again every [`RECHECK`]). The first try whose outcome
 //! ends the race (response headers, not a failure to retry) wins, and the tries
 //! still running are dropped: hyper then cancels them (HTTP/2 RST_STREAM CANCEL; an
 //! HTTP/1.1 connection is closed, never reused). A try that fails while others still
@@ -22,7 +23,7 @@ pub struct Hedges<N> {
     /// How long the first try waits before the first hedge, and each hedge before the
     /// next.
     pub delay: Duration,
-    /// Tries at once at most, the first included.
+    /// Tries running at once at most, the first included.
     pub max_tries: usize,
     /// What to do when a hedge is due, given the endpoints tried.
     pub next: N,
@@ -86,20 +87,32 @@ where
                         .collect();
                     return Settled { outcome, by_hedge: i > 0, cancelled };
                 }
+                // A try failed while others run: a hedge takes its place at once.
+                let now = Instant::now();
+                if hedges.is_some() && due.is_none_or(|at| at > now) {
+                    due = Some(now);
+                }
             }
             () = sleep_until(due.unwrap_or(started)), if due.is_some() => {
                 let Some(h) = hedges.as_mut() else { due = None; continue };
+                if racers.len() >= h.max_tries {
+                    // As many tries at once as allowed; a failure reopens a place.
+                    due = None;
+                    continue;
+                }
                 due = match (h.next)(tried) {
                     Next::Send(endpoint) => {
                         tried.push(endpoint.clone());
                         racers.push(numbered(running.len(), send(endpoint.clone())));
                         running.push(Some((endpoint, Instant::now())));
-                        // The next hedge one more delay after this one was due.
-                        let at = started + h.delay * running.len() as u32;
-                        (running.len() < h.max_tries).then(|| at.max(Instant::now()))
+                        // The next hedge one more delay on.
+                        Some((started + h.delay * running.len() as u32).max(Instant::now()))
                     }
                     Next::Later => Some(Instant::now() + RECHECK),
-                    Next::Stop => None,
+                    Next::Stop => {
+                        hedges = None;
+                        None
+                    }
                 };
             }
         }

@@ -165,3 +165,17 @@ async fn a_hedge_that_cannot_go_yet_is_asked_for_again() {
     assert_eq!((settled.outcome, start.elapsed()), (Fake::Answer("b"), ms(9)));
     assert_eq!(asked, 4, "at 5, 6, 7 and 8 ms");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_that_fails_is_replaced_at_once() {
+    // The first try hangs (a frozen endpoint); the hedge goes to an endpoint that
+    // refuses 2 ms later; a third one answers.
+    let backends = Backends::new(&[("frozen", 1000, true), ("dead", 2, false), ("ok", 1, true)]);
+    let start = Instant::now();
+    let mut tried = vec!["frozen"];
+    let settled =
+        race("frozen", &mut tried, hedges(5, 2, &["dead", "ok"]), |e| backends.send(e)).await;
+    assert_eq!((settled.outcome, start.elapsed()), (Fake::Answer("ok"), ms(8)));
+    assert_eq!(tried, vec!["frozen", "dead", "ok"], "two tries at once, never three");
+    assert_eq!(settled.cancelled, vec![("frozen", ms(8))]);
+}
