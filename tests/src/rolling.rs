@@ -142,11 +142,6 @@ pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<
     let load = finish_load(load)?;
     let extra = agent.as_ref().map(|a| ExtraLoad::read(a, &service.name)).transpose()?;
     drop(agent);
-    let _ = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(node.sandbox.dir())
-        .arg("/tmp/wt19-rlogs")
-        .status(); // TEMP
     Ok(Rolled { load, extra })
 }
 
