@@ -111,9 +111,7 @@ impl Config {
                 );
             }
         }
-        if let Err(why) = self.capacity.fits(self.services.len(), self.enroll.netns.len()) {
-            return Err(why);
-        }
+        self.capacity.fits(self.services.len(), self.enroll.netns.len())?;
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
