@@ -1,12 +1,11 @@
 //! A race of tries: the first try, then, each time `delay` passes with no answer, a
-//! hedge to another endpoint, up to `max_tries` at once; a try that fails while
-//! others run is replaced by a hedge at once (a hedge that cannot go yet is asked for
-//! again every [`RECHECK`]). The first try whose outcome
-//! ends the race (response headers, not a failure to retry) wins, and the tries
-//! still running are dropped: hyper then cancels them (HTTP/2 RST_STREAM CANCEL; an
-//! HTTP/1.1 connection is closed, never reused). A try that fails while others still
-//! run leaves them to it. Generic over the endpoint and the outcome, so the timing is
-//! tested with paused time and no network.
+//! hedge to another endpoint, up to `max_tries` at once (a hedge that cannot go yet is
+//! asked for again every [`RECHECK`]). The first try whose outcome ends the race
+//! (response headers, not a failure to retry) wins, and the tries still running are
+//! dropped: hyper then cancels them (HTTP/2 RST_STREAM CANCEL; an HTTP/1.1 connection
+//! is closed, never reused). A try that fails while others still run leaves the call
+//! to them, and a hedge takes its place at once. Generic over the endpoint and the
+//! outcome, so the timing is tested with paused time and no network.
 
 use std::time::Duration;
 

@@ -29,9 +29,9 @@ impl Backends {
 
     async fn send(&self, endpoint: &'static str) -> Fake {
         let (_, ms, ok) = *self.behaviour.iter().find(|b| b.0 == endpoint).expect("known");
-        let guard = DropLog(Some(endpoint), self.dropped.clone());
+        let mut guard = DropLog(Some(endpoint), self.dropped.clone());
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        std::mem::forget(guard);
+        guard.0 = None;
         if ok { Fake::Answer(endpoint) } else { Fake::Failed(endpoint) }
     }
 
