@@ -127,9 +127,11 @@ fn backends_answering_some_calls_late_cost_no_tail_latency_with_hedging() {
         assert!(p.extra.share() <= 0.105, "{}: {:?}", p.name, p.extra);
         assert!(p.upstream as f64 <= p.load.sent as f64 * 1.11, "{}: {}", p.name, p.upstream);
     }
+    // p99 near the fast backends': under 50 ms, or when the machine is so busy that
+    // even the fast run's p99 is not, within 10 ms of it; and far below the late one.
     let (fast_p99, all_p99) = (fast.load.latency_us.p99, all_on.load.latency_us.p99);
     assert!(
-        all_p99 < 50_000,
+        all_p99 <= 50_000.max(fast_p99 + 10_000) && all_p99 < all_off.load.latency_us.p99 / 2,
         "p99 {:.1} ms with hedging, {:.1} ms with every backend fast",
         ms(all_p99),
         ms(fast_p99)
