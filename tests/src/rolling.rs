@@ -87,6 +87,8 @@ enum Death {
 pub struct Rolled {
     pub load: LoadReport,
     pub extra: Option<ExtraLoad>,
+    /// When the frozen Pod froze and when it left the endpoints, from the load's start.
+    pub frozen: (Duration, Duration),
 }
 
 /// Runs the whole update along `path`; `say` gets one line per step.
@@ -120,6 +122,7 @@ pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<
     let refuse = options.refuse.as_millis().to_string();
     let not_serving = options.not_serving.as_millis().to_string();
     let mut live = vec!["b1", "b2", "b3"];
+    let mut frozen = (Duration::ZERO, Duration::ZERO);
     for (old, new, death) in REPLACEMENTS {
         node.add_backend(new, &["--refuse-ms", &refuse, "--not-serving-ms", &not_serving])?;
         live.push(new);
@@ -129,11 +132,15 @@ pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<
             options.refuse, options.not_serving
         ));
         std::thread::sleep(Duration::from_secs(1));
+        let died = started.elapsed();
         kill(&mut node, old, death, &at)?;
         std::thread::sleep(options.removal_lag);
         live.retain(|b| *b != old);
         node.set_endpoints(&live, path.policy(), agent.as_ref())?;
         at(&format!("{old} leaves the endpoints"));
+        if matches!(death, Death::Freeze) {
+            frozen = (died, started.elapsed());
+        }
         node.wait_serving(new)?;
         at(&format!("{new} serves"));
         std::thread::sleep(SETTLE);
@@ -142,7 +149,7 @@ pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<
     let load = finish_load(load)?;
     let extra = agent.as_ref().map(|a| ExtraLoad::read(a, &service.name)).transpose()?;
     drop(agent);
-    Ok(Rolled { load, extra })
+    Ok(Rolled { load, extra, frozen })
 }
 
 fn kill(node: &mut GrpcNode, name: &str, death: Death, at: &dyn Fn(&str)) -> anyhow::Result<()> {
@@ -168,7 +175,7 @@ pub fn print_table(results: &[(Path, Rolled)]) {
         "{:<17} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>13}  failure kinds",
         "path", "calls", "ok", "failed", "p50 ms", "p99 ms", "max ms", "hedged (won)"
     );
-    for (path, Rolled { load: r, extra }) in results {
+    for (path, Rolled { load: r, extra, .. }) in results {
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
         let mut kinds: Vec<(&String, &u64)> = r.errors.iter().collect();
         kinds.sort_by(|a, b| b.1.cmp(a.1));

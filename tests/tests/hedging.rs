@@ -1,7 +1,8 @@
 //! Hedging through the agent: a backend that answers some calls late costs the client
 //! no tail latency once the service's `hedge` block is on, within the extra load it
 //! allows; calls it does not cover (a method outside its list, a POST) are never
-//! hedged; and a rolling update with a frozen Pod keeps every call under 100 ms.
+//! hedged; and in a rolling update no call waits for a frozen Pod (1 s without
+//! hedging, under 100 ms with it).
 
 use std::time::Duration;
 
@@ -204,22 +205,43 @@ fn http_posts_are_never_hedged_gets_are() {
     assert_eq!(post_hedges.hedges, 0.0, "{post_hedges:?}");
 }
 
+/// The slowest call sent from the frozen Pod's freeze until a second after it left
+/// the endpoints, and the seconds of the load that span.
+fn around_the_freeze(rolled: &rolling::Rolled) -> (u64, (usize, usize)) {
+    let timeline = &rolled.load.timeline;
+    let from = (rolled.frozen.0.as_secs() as usize).min(timeline.len());
+    let to = (rolled.frozen.1.as_secs() as usize + 2).min(timeline.len());
+    (timeline[from..to].iter().map(|s| s.max_us).max().unwrap_or(0), (from, to))
+}
+
 #[test]
-fn a_rolling_update_with_a_frozen_pod_keeps_calls_under_100_ms_with_hedging() {
+fn in_a_rolling_update_no_call_waits_for_a_frozen_pod_with_hedging() {
     let _serial = serial();
     let options = rolling::Options { rate: 200, ..Default::default() };
-    let path = rolling::Path::SockeyeHedging;
-    let results = vec![(path, rolling::run(path, &options, &|line| println!("{line}")).unwrap())];
+    let mut results = Vec::new();
+    for path in [rolling::Path::Sockeye, rolling::Path::SockeyeHedging] {
+        results.push((path, rolling::run(path, &options, &|line| println!("{line}")).unwrap()));
+    }
     rolling::print_table(&results);
-    let (load, extra) = (&results[0].1.load, results[0].1.extra.unwrap_or_default());
-    println!("the slowest call was sent {:.1} s into the load", load.slowest_at_ms as f64 / 1000.0);
-    println!("{extra:?}");
-    assert_eq!(load.failed, 0, "{load:?}");
+    for (path, rolled) in &results {
+        let (worst, (from, to)) = around_the_freeze(rolled);
+        println!(
+            "{}: calls sent in seconds {from}..{to}, around the freeze: max {:.1} ms",
+            path.name(),
+            ms(worst)
+        );
+        assert_eq!(rolled.load.failed, 0, "{}: {:?}", path.name(), rolled.load);
+    }
     // Without hedging the calls caught on the frozen Pod wait for the keepalive to
-    // give up on it (about 1 s). With hedging no call should take over 100 ms; this
-    // busy 2-core machine stalls now and then for that long whatever runs (seen once
-    // in ten runs, 5 s after the update was over), hence a few calls of leeway.
-    assert!(load.over_100ms <= 3, "{} calls over 100 ms", load.over_100ms);
-    assert!(load.latency_us.max < 500_000, "max {:.1} ms", ms(load.latency_us.max));
-    assert!(extra.hedges > 0.0, "calls caught on the dying Pods were hedged: {extra:?}");
+    // give up on it (about 1 s): the fault took effect.
+    let (unhedged, _) = around_the_freeze(&results[0].1);
+    assert!(unhedged >= 400_000, "max {:.1} ms around the freeze without hedging", ms(unhedged));
+    // With hedging none of them takes over 100 ms. (This busy 2-core machine stalls
+    // for that long now and then whatever runs, hence the window around the freeze
+    // rather than the whole run, whose maximum the table shows.)
+    let (hedged, _) = around_the_freeze(&results[1].1);
+    let extra = results[1].1.extra.unwrap_or_default();
+    println!("hedging: {extra:?}");
+    assert!(extra.hedges > 0.0, "calls caught on the frozen Pod were hedged: {extra:?}");
+    assert!(hedged <= 100_000, "max {:.1} ms around the freeze with hedging", ms(hedged));
 }

@@ -42,9 +42,6 @@ pub struct LoadReport {
     /// Successful calls that took 100 ms or more.
     #[serde(default)]
     pub over_100ms: u64,
-    /// When the slowest successful call was scheduled, in ms from the start.
-    #[serde(default)]
-    pub slowest_at_ms: u64,
     /// Calls by the second they were scheduled in.
     pub timeline: Vec<Second>,
     /// Calls sent again because the first try never left this client (see
@@ -66,6 +63,9 @@ pub struct Percentiles {
 pub struct Second {
     pub ok: u64,
     pub failed: u64,
+    /// The slowest successful call of the second, in microseconds.
+    #[serde(default)]
+    pub max_us: u64,
 }
 
 impl LoadReport {
@@ -98,13 +98,7 @@ pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
     while let Some(scheduled) = schedule.recv().await {
         let second = scheduled.duration_since(start).as_secs() as usize;
         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            record(
-                &tally,
-                start,
-                second,
-                Err("Overload: too many calls in flight".into()),
-                scheduled,
-            );
+            record(&tally, second, Err("Overload: too many calls in flight".into()), scheduled);
             continue;
         };
         let (mut client, tally, payload) = (client.clone(), tally.clone(), payload.clone());
@@ -119,7 +113,7 @@ pub async fn run(options: Options) -> anyhow::Result<LoadReport> {
             let result = result
                 .map(|r| r.backend)
                 .map_err(|s| format!("{:?}: {}", s.code(), short(s.message())));
-            record(&tally, start, second, result, scheduled);
+            record(&tally, second, result, scheduled);
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -161,13 +155,7 @@ fn pace(start: Instant, rate: u32, duration: Duration) -> mpsc::UnboundedReceive
     rx
 }
 
-fn record(
-    tally: &Mutex<Tally>,
-    start: Instant,
-    second: usize,
-    result: Result<String, String>,
-    scheduled: Instant,
-) {
+fn record(tally: &Mutex<Tally>, second: usize, result: Result<String, String>, scheduled: Instant) {
     let mut tally = tally.lock().unwrap();
     tally.report.sent += 1;
     let slot = second.min(tally.report.timeline.len() - 1);
@@ -177,10 +165,9 @@ fn record(
             tally.report.timeline[slot].ok += 1;
             *tally.report.backends.entry(backend).or_default() += 1;
             let micros = scheduled.elapsed().as_micros().clamp(1, 60_000_000) as u64;
-            if micros > tally.histogram.max() {
-                tally.report.slowest_at_ms = scheduled.duration_since(start).as_millis() as u64;
-            }
             let _ = tally.histogram.record(micros);
+            let max = &mut tally.report.timeline[slot].max_us;
+            *max = micros.max(*max);
             tally.report.over_100ms += u64::from(micros >= 100_000);
         }
         Err(error) => {
