@@ -15,6 +15,7 @@ pub mod enroll;
 pub mod eviction;
 pub mod handoff;
 pub mod health;
+pub mod hedge;
 pub mod kernel_lb;
 pub mod liveness;
 pub mod metrics;

@@ -143,6 +143,17 @@ impl Agent {
         Ok(())
     }
 
+    /// Replaces the config file and waits until the agent has applied it.
+    pub fn apply_config(&self, config: &str) -> anyhow::Result<()> {
+        let series = "sockeye_config_updates_total{result=\"applied\"}";
+        let before = self.metric(series)?.unwrap_or(0.0);
+        self.write_config(config)?;
+        crate::wait_for("the new config applied", Duration::from_secs(10), || {
+            (self.metric(series).ok()?? > before).then_some(())
+        })?;
+        Ok(())
+    }
+
     /// The kernel programs' counters.
     pub fn counters(&self) -> anyhow::Result<BTreeMap<&'static str, u64>> {
         crate::kernel::counters(&self.pin_dir)

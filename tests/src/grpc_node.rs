@@ -64,10 +64,15 @@ impl GrpcNode {
         self.sandbox.remove_pod(name)
     }
 
-    /// Points the service at `backends`: the kube-proxy stand-in's rules and, when
-    /// given, the agent's config file.
-    pub fn set_endpoints(&self, backends: &[&str], agent: Option<&Agent>) -> anyhow::Result<()> {
-        let service = self.service(backends, "");
+    /// Points the service at `backends`, with extra `policy` YAML: the kube-proxy
+    /// stand-in's rules and, when given, the agent's config file.
+    pub fn set_endpoints(
+        &self,
+        backends: &[&str],
+        policy: &str,
+        agent: Option<&Agent>,
+    ) -> anyhow::Result<()> {
+        let service = self.service(backends, policy);
         self.sandbox.set_kube_proxy(std::slice::from_ref(&service))?;
         if let Some(agent) = agent {
             agent.write_config(&self.config(&service))?;
@@ -77,8 +82,20 @@ impl GrpcNode {
 
     /// The calls a backend has received so far.
     pub fn calls(&mut self, name: &str) -> anyhow::Result<u64> {
-        let needle = format!("{name} calls=");
-        let count = |log: &str| log.lines().filter(|l| l.starts_with(&needle)).count();
+        self.stat(name, "calls")
+    }
+
+    /// The calls a backend's `slow` command has delayed so far.
+    pub fn slowed(&mut self, name: &str) -> anyhow::Result<u64> {
+        self.stat(name, "slowed")
+    }
+
+    /// A count the backend prints on `stats` (`<name> <key>=<n>`), read fresh.
+    fn stat(&mut self, name: &str, key: &str) -> anyhow::Result<u64> {
+        let needle = format!("{name} {key}=");
+        // `calls` is the last line `stats` prints: once it is new, every count is.
+        let last = format!("{name} calls=");
+        let count = |log: &str| log.lines().filter(|l| l.starts_with(&last)).count();
         let proc = self.backend(name);
         let before = count(&proc.log());
         proc.send("stats")?;
@@ -86,7 +103,7 @@ impl GrpcNode {
             let log = proc.log();
             (count(&log) > before).then_some(log)
         })?;
-        let line = log.lines().rfind(|l| l.starts_with(&needle)).expect("counted");
+        let line = log.lines().rfind(|l| l.starts_with(&needle)).context("no such count")?;
         line[needle.len()..].trim().parse().with_context(|| format!("bad stats line {line:?}"))
     }
 

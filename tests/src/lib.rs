@@ -12,6 +12,7 @@ mod agent;
 pub mod bench;
 mod cgroup;
 pub mod echo_node;
+pub mod extra;
 pub mod grpc;
 pub mod grpc_node;
 pub mod kernel;

@@ -4,11 +4,13 @@
 //! connections, then reports NOT_SERVING, before it serves (field report 3). The old
 //! Pods die abruptly, by SIGKILL or frozen with SIGSTOP and their network removed
 //! (report 1), and the endpoint list catches up only a second after each death.
+//! Through sockeye it runs with hedging off (the default) or on.
 
 use std::time::{Duration, Instant};
 
 use crate::{
     GrpcNode,
+    extra::ExtraLoad,
     grpc::load::LoadReport,
     grpc_node::{GRPC_VIP, finish_load},
     plot::Series,
@@ -21,6 +23,9 @@ pub enum Path {
     Dnat,
     /// sockeye's: the kernel steers the client to the agent, which balances each call.
     Sockeye,
+    /// sockeye's, with the service's `hedge` block on: a call still unanswered after
+    /// most calls' time goes to a second endpoint as well.
+    SockeyeHedging,
 }
 
 impl Path {
@@ -28,9 +33,21 @@ impl Path {
         match self {
             Path::Dnat => "kube-proxy DNAT",
             Path::Sockeye => "sockeye",
+            Path::SockeyeHedging => "sockeye, hedging",
+        }
+    }
+
+    /// The service's policy YAML on this path.
+    fn policy(self) -> &'static str {
+        match self {
+            Path::SockeyeHedging => HEDGING,
+            Path::Dnat | Path::Sockeye => "",
         }
     }
 }
+
+/// Hedging on, every other setting its default.
+pub const HEDGING: &str = "  hedge:\n    enabled: true\n";
 
 pub struct Options {
     pub rate: u32,
@@ -66,13 +83,21 @@ enum Death {
     Freeze,
 }
 
+/// What one run saw: the client's report, and through sockeye the agent's extra tries.
+pub struct Rolled {
+    pub load: LoadReport,
+    pub extra: Option<ExtraLoad>,
+    /// When the frozen Pod froze and when it left the endpoints, from the load's start.
+    pub frozen: (Duration, Duration),
+}
+
 /// Runs the whole update along `path`; `say` gets one line per step.
-pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<LoadReport> {
+pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<Rolled> {
     let mut node = GrpcNode::new(3)?;
-    let service = node.service(&["b1", "b2", "b3"], "");
+    let service = node.service(&["b1", "b2", "b3"], path.policy());
     node.sandbox.set_kube_proxy(std::slice::from_ref(&service))?;
     let agent = match path {
-        Path::Sockeye => {
+        Path::Sockeye | Path::SockeyeHedging => {
             let agent = node.start_agent(&service)?;
             node.wait_in_rotation(&["b1", "b2", "b3"])?;
             Some(agent)
@@ -97,28 +122,34 @@ pub fn run(path: Path, options: &Options, say: &dyn Fn(&str)) -> anyhow::Result<
     let refuse = options.refuse.as_millis().to_string();
     let not_serving = options.not_serving.as_millis().to_string();
     let mut live = vec!["b1", "b2", "b3"];
+    let mut frozen = (Duration::ZERO, Duration::ZERO);
     for (old, new, death) in REPLACEMENTS {
         node.add_backend(new, &["--refuse-ms", &refuse, "--not-serving-ms", &not_serving])?;
         live.push(new);
-        node.set_endpoints(&live, agent.as_ref())?;
+        node.set_endpoints(&live, path.policy(), agent.as_ref())?;
         at(&format!(
             "{new} starts (refuses {:?}, then NOT_SERVING {:?}) and joins the endpoints",
             options.refuse, options.not_serving
         ));
         std::thread::sleep(Duration::from_secs(1));
+        let died = started.elapsed();
         kill(&mut node, old, death, &at)?;
         std::thread::sleep(options.removal_lag);
         live.retain(|b| *b != old);
-        node.set_endpoints(&live, agent.as_ref())?;
+        node.set_endpoints(&live, path.policy(), agent.as_ref())?;
         at(&format!("{old} leaves the endpoints"));
+        if matches!(death, Death::Freeze) {
+            frozen = (died, started.elapsed());
+        }
         node.wait_serving(new)?;
         at(&format!("{new} serves"));
         std::thread::sleep(SETTLE);
     }
     at("update done; load runs out");
-    let report = finish_load(load)?;
+    let load = finish_load(load)?;
+    let extra = agent.as_ref().map(|a| ExtraLoad::read(a, &service.name)).transpose()?;
     drop(agent);
-    Ok(report)
+    Ok(Rolled { load, extra, frozen })
 }
 
 fn kill(node: &mut GrpcNode, name: &str, death: Death, at: &dyn Fn(&str)) -> anyhow::Result<()> {
@@ -139,18 +170,19 @@ fn kill(node: &mut GrpcNode, name: &str, death: Death, at: &dyn Fn(&str)) -> any
 }
 
 /// The side-by-side table of the runs.
-pub fn print_table(results: &[(Path, LoadReport)]) {
+pub fn print_table(results: &[(Path, Rolled)]) {
     println!(
-        "{:<16} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}  failure kinds",
-        "path", "calls", "ok", "failed", "p50 ms", "p99 ms", "max ms"
+        "{:<17} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>13}  failure kinds",
+        "path", "calls", "ok", "failed", "p50 ms", "p99 ms", "max ms", "hedged (won)"
     );
-    for (path, r) in results {
+    for (path, Rolled { load: r, extra, .. }) in results {
         let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
         let mut kinds: Vec<(&String, &u64)> = r.errors.iter().collect();
         kinds.sort_by(|a, b| b.1.cmp(a.1));
         let kinds: Vec<String> = kinds.iter().take(3).map(|(k, n)| format!("{n}× {k}")).collect();
+        let hedged = extra.map_or("-".into(), |e| format!("{} ({})", e.hedges, e.won));
         println!(
-            "{:<16} {:>7} {:>7} {:>7} {:>9} {:>9} {:>9}  {}",
+            "{:<17} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>13}  {}",
             path.name(),
             r.sent,
             r.ok,
@@ -158,22 +190,23 @@ pub fn print_table(results: &[(Path, LoadReport)]) {
             ms(r.latency_us.p50),
             ms(r.latency_us.p99),
             ms(r.latency_us.max),
+            hedged,
             if kinds.is_empty() { "none".into() } else { kinds.join("; ") }
         );
     }
 }
 
 /// Successful and failed calls per second of each run, as an SVG under `results/`.
-pub fn plot(results: &[(Path, LoadReport)]) -> anyhow::Result<std::path::PathBuf> {
-    const COLORS: [&str; 2] = ["#d62728", "#1f77b4"];
+pub fn plot(results: &[(Path, Rolled)]) -> anyhow::Result<std::path::PathBuf> {
+    const COLORS: [&str; 3] = ["#d62728", "#1f77b4", "#2ca02c"];
     let mut series = Vec::new();
     let names: Vec<(String, String)> = results
         .iter()
         .map(|(p, _)| (format!("{} ok", p.name()), format!("{} failed", p.name())))
         .collect();
-    for (((_, report), (ok, failed)), color) in results.iter().zip(&names).zip(COLORS) {
+    for (((_, rolled), (ok, failed)), color) in results.iter().zip(&names).zip(COLORS) {
         let per_second = |f: fn(&crate::grpc::load::Second) -> u64| -> Vec<f64> {
-            report.timeline.iter().map(|s| f(s) as f64).collect()
+            rolled.load.timeline.iter().map(|s| f(s) as f64).collect()
         };
         series.push(Series { name: ok, color, dashed: false, values: per_second(|s| s.ok) });
         series.push(Series { name: failed, color, dashed: true, values: per_second(|s| s.failed) });

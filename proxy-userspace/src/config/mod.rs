@@ -158,16 +158,19 @@ pub struct ServiceConfig {
     pub retry: policy::RetryPolicy,
     #[serde(default)]
     pub timeout: policy::TimeoutPolicy,
+    #[serde(default)]
+    pub hedge: policy::HedgePolicy,
 }
 
 impl ServiceConfig {
-    /// The service's `health`, `outlier`, `retry` and `timeout` blocks together.
+    /// The service's `health`, `outlier`, `retry`, `timeout` and `hedge` blocks together.
     pub fn policy(&self) -> Policy {
         Policy {
             health: self.health.clone(),
             outlier: self.outlier.clone(),
             retry: self.retry.clone(),
             timeout: self.timeout.clone(),
+            hedge: self.hedge.clone(),
             tcp_mode: self.tcp_mode,
         }
     }

@@ -39,6 +39,16 @@ impl super::ServiceConfig {
     }
 }
 
+impl super::ServiceConfig {
+    /// Hedging sends calls twice at once: only calls the agent sees one by one.
+    fn check_hedge(&self) -> Result<(), String> {
+        if self.hedge.enabled && self.protocol == super::Protocol::Tcp {
+            return Err("enabled needs protocol: grpc or http (tcp has no calls to hedge)".into());
+        }
+        Ok(())
+    }
+}
+
 impl Capacity {
     /// Whether `services` VIPs and `pods` namespaces fit the kernel's maps; the
     /// problem names the limit to raise.
@@ -104,9 +114,7 @@ impl Config {
                 );
             }
         }
-        if let Err(why) = self.capacity.fits(self.services.len(), self.enroll.netns.len()) {
-            return Err(why);
-        }
+        self.capacity.fits(self.services.len(), self.enroll.netns.len())?;
         let mut names = HashMap::new();
         let mut vips = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
@@ -140,6 +148,9 @@ impl Config {
             }
             if let Err(why) = service.check_tcp_mode() {
                 return problem(&field("tcp_mode"), why);
+            }
+            if let Err(why) = service.check_hedge() {
+                return problem(&field("hedge.enabled"), why);
             }
             for (j, endpoint) in service.endpoints.iter().enumerate() {
                 if endpoint.port() == 0 || endpoint.ip().is_unspecified() {
@@ -309,7 +320,9 @@ mod tests {
             "{svc}  health: {{interval: 250ms, unhealthy_threshold: 1, grpc_service_name: greeter}}\n  \
              outlier: {{consecutive_gateway_failure: 3, base_ejection_time: 1s}}\n  \
              retry: {{attempts: 2, retry_on: [unavailable, deadline-exceeded]}}\n  \
-             timeout: {{request: 3s}}\n"
+             timeout: {{request: 3s}}\n  \
+             hedge: {{enabled: true, paths: [/a.B/C], percentile: 99.9, max_extra_load: 5%}}\n  \
+             protocol: grpc\n"
         ))
         .unwrap();
         let policy = config.services[0].policy();
@@ -321,6 +334,11 @@ mod tests {
         assert_eq!(policy.retry.attempts, 2);
         assert!(policy.retry.allows(crate::config::RetryOn::DeadlineExceeded));
         assert_eq!(policy.timeout.request, std::time::Duration::from_secs(3));
+        assert!(policy.hedge.enabled);
+        assert_eq!(policy.hedge.percentile.to_string(), "99.9%");
+        assert_eq!(policy.hedge.max_extra_load.to_string(), "5%");
+        assert_eq!(policy.hedge.max_attempts, 2, "defaults fill the rest");
+        assert!(!parse(svc).unwrap().services[0].policy().hedge.enabled, "off by default");
 
         for (block, field) in [
             ("health: {interval: 0s}", "services[0].health.interval"),
@@ -330,6 +348,9 @@ mod tests {
             ("retry: {attempts: 0}", "services[0].retry.attempts"),
             ("retry: {budget_percent: 200}", "services[0].retry.budget_percent"),
             ("timeout: {request: 0ms}", "services[0].timeout.request"),
+            ("hedge: {percentile: 20}", "services[0].hedge.percentile"),
+            ("hedge: {max_attempts: 1}", "services[0].hedge.max_attempts"),
+            ("hedge: {enabled: true}", "services[0].hedge.enabled: enabled needs protocol"),
         ] {
             let message = problem(&format!("{svc}  {block}\n"));
             assert!(message.contains(field), "{block}: {message}");

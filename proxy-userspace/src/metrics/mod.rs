@@ -42,6 +42,9 @@ pub struct Metrics {
     responses: Family<ServiceCode, Counter>,
     retries: Family<ServiceLabel, Counter>,
     budget_exhausted: Family<ServiceLabel, Counter>,
+    hedges: Family<ServiceLabel, Counter>,
+    hedges_won: Family<ServiceLabel, Counter>,
+    hedge_budget_exhausted: Family<ServiceLabel, Counter>,
     connect_errors: Family<ServiceReason, Counter>,
     transitions: Family<ServiceState, Counter>,
     ejections: Family<ServiceLabel, Counter>,
@@ -64,6 +67,9 @@ impl Metrics {
             responses: Family::default(),
             retries: Family::default(),
             budget_exhausted: Family::default(),
+            hedges: Family::default(),
+            hedges_won: Family::default(),
+            hedge_budget_exhausted: Family::default(),
             connect_errors: Family::default(),
             transitions: Family::default(),
             ejections: Family::default(),
@@ -93,6 +99,21 @@ impl Metrics {
             "retry_budget_exhausted",
             "Retries refused by the retry budget",
             metrics.budget_exhausted.clone(),
+        );
+        r.register(
+            "hedges",
+            "Hedges sent: a call's copy to another endpoint while its try still waited",
+            metrics.hedges.clone(),
+        );
+        r.register(
+            "hedges_won",
+            "Calls answered by a hedge rather than the try it hedged",
+            metrics.hedges_won.clone(),
+        );
+        r.register(
+            "hedge_budget_exhausted",
+            "Hedges not sent because hedges and retries already made max_extra_load",
+            metrics.hedge_budget_exhausted.clone(),
         );
         r.register(
             "upstream_connect_errors",
@@ -165,12 +186,32 @@ impl Metrics {
         self.responses.get_or_create(&ServiceCode { service, code }).inc();
     }
 
+    /// Counts one event of a per-service counter.
+    fn count(&self, family: &Family<ServiceLabel, Counter>, service: &str) {
+        family.get_or_create(&ServiceLabel { service: self.service(service) }).inc();
+    }
+
     pub fn retry(&self, service: &str) {
-        self.retries.get_or_create(&ServiceLabel { service: self.service(service) }).inc();
+        self.count(&self.retries, service);
     }
 
     pub fn retry_budget_exhausted(&self, service: &str) {
-        self.budget_exhausted.get_or_create(&ServiceLabel { service: self.service(service) }).inc();
+        self.count(&self.budget_exhausted, service);
+    }
+
+    /// A hedge sent.
+    pub fn hedge(&self, service: &str) {
+        self.count(&self.hedges, service);
+    }
+
+    /// A call a hedge answered.
+    pub fn hedge_won(&self, service: &str) {
+        self.count(&self.hedges_won, service);
+    }
+
+    /// A hedge the shared budget refused.
+    pub fn hedge_budget_exhausted(&self, service: &str) {
+        self.count(&self.hedge_budget_exhausted, service);
     }
 
     pub fn upstream_error(&self, service: &str, failure: LocalOriginFailure) {

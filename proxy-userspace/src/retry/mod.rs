@@ -1,5 +1,6 @@
-//! Retries: what may be retried, and the budget that bounds them. The decisions are
-//! pure; the loop that makes tries is `proxy::call::tries`.
+//! Retries: what may be retried, and the budget that bounds them (and hedges, which
+//! share it). The decisions are pure; the loop that makes tries is
+//! `proxy::call::tries`.
 
 pub mod budget;
 
@@ -21,6 +22,10 @@ pub enum TryFailure {
     RefusedStream,
     /// A response arrived that may be retried: an HTTP status or a gRPC status.
     Status { http: u16, grpc: Option<u32> },
+    /// The try's request body stopped on the agent's side (a newer try took the
+    /// client's body over, or the replay copy was outgrown): not the endpoint's doing,
+    /// and nothing a retry mends.
+    Superseded,
 }
 
 impl TryFailure {
@@ -40,6 +45,7 @@ impl TryFailure {
             TryFailure::Status { http, grpc: None } => {
                 (502..=504).contains(http) && policy.allows(RetryOn::GatewayError)
             }
+            TryFailure::Superseded => false,
         }
     }
 }
@@ -123,6 +129,7 @@ mod tests {
             TryFailure::Status { http: 200, grpc: Some(4) },
             TryFailure::Status { http: 200, grpc: Some(13) },
             TryFailure::Status { http: 500, grpc: None },
+            TryFailure::Superseded,
         ];
         assert!(yes.iter().all(|f| f.retryable(&policy)));
         assert!(no.iter().all(|f| !f.retryable(&policy)));

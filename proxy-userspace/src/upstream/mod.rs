@@ -20,18 +20,21 @@ pub use http1::is_upgrade;
 
 use crate::{
     balance::{P2c, Select},
+    hedge::LatencyWindow,
     metrics::Metrics,
     retry::RetryBudget,
     state::{Lifecycle, Service},
 };
 
 /// What the proxy keeps per service besides its state: selection, the retry budget
-/// and the endpoints' connections.
+/// (shared by hedges), the latencies hedging is timed by, and the endpoints'
+/// connections.
 pub struct Balancer {
     pub service: Arc<Service>,
     pub metrics: Arc<Metrics>,
     pub select: Box<dyn Select>,
     budget: Mutex<RetryBudget>,
+    latencies: Mutex<LatencyWindow>,
     /// Opaque-TCP connections allowed to one endpoint at once.
     pub connection_cap: u32,
     upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
@@ -51,6 +54,7 @@ impl Balancer {
                 retry.min_retries_per_second,
                 Instant::now(),
             )),
+            latencies: Mutex::new(LatencyWindow::new(tokio::time::Instant::now())),
             upstreams: Mutex::default(),
         });
         tokio::spawn(follow_lifecycle(Arc::downgrade(&balancer)));
@@ -64,6 +68,11 @@ impl Balancer {
     /// The retry budget (never held across an await).
     pub fn budget(&self) -> MutexGuard<'_, RetryBudget> {
         crate::sync::lock(&self.budget)
+    }
+
+    /// The latencies of recent hedged-or-hedgeable calls (never held across an await).
+    pub fn latencies(&self) -> MutexGuard<'_, LatencyWindow> {
+        crate::sync::lock(&self.latencies)
     }
 
     fn upstreams(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<Upstream>>> {

@@ -1,17 +1,24 @@
 //! The peers suite: the same gRPC unary load from a Pod to a Service of three
 //! backends, side by side in one sandbox: straight to one Pod (the physical limit),
-//! kube-proxy's DNAT, sockeye, HAProxy and nginx (both from Debian's packages, HTTP/2
-//! on both sides, configured as docs/benchmarks.md shows).
+//! kube-proxy's DNAT, sockeye (hedging off, the default, then on), HAProxy and nginx
+//! (both from Debian's packages, HTTP/2 on both sides, configured as
+//! docs/benchmarks.md shows). For sockeye it also counts the extra tries the agent
+//! sent (retries and hedges) as a share of the calls.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use serde::Serialize;
 
 use super::{Usage, load, ramp, ratio, say};
-use crate::{GrpcNode, Proc, grpc::load::Percentiles, grpc_node::GRPC_PORT, node::NODE_IP4};
+use crate::{
+    GrpcNode, Proc, extra::ExtraLoad, grpc::load::Percentiles, grpc_node::GRPC_PORT,
+    node::NODE_IP4, rolling::HEDGING,
+};
 
 const HAPROXY_PORT: u16 = 9000;
 const NGINX_PORT: u16 = 9001;
+/// sockeye with the service's `hedge` block on (every setting its default).
+const SOCKEYE_HEDGING: &str = "sockeye, hedging";
 
 pub struct Options {
     pub rate: u32,
@@ -27,6 +34,8 @@ pub struct PathResult {
     /// CPU seconds per 1,000 calls of the proxy's processes (none for direct and DNAT).
     pub cpu_seconds_per_1k: Option<f64>,
     pub rss_kib: Option<u64>,
+    /// sockeye: retries and hedges sent, as a share of the calls of the round.
+    pub extra_load: Option<f64>,
     pub max_rate: u32,
     /// p99 at each rate of the ramp, until the first rate not sustained.
     pub ramp_p99_us: Vec<(u32, u64)>,
@@ -43,21 +52,27 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<PathResult>> {
     let haproxy = start_haproxy(&node, &backends)?;
     let nginx = start_nginx(&node, &backends)?;
 
-    let paths: [(&'static str, &str, SocketAddr, Vec<u32>); 5] = [
+    let paths: [(&'static str, &str, SocketAddr, Vec<u32>); 6] = [
         ("direct", "client", node.sandbox.pod("b1").addr(GRPC_PORT), vec![]),
         ("kube-proxy DNAT", "outsider", service.vip, vec![]),
         ("sockeye", "client", service.vip, vec![agent.proc().pid()]),
+        (SOCKEYE_HEDGING, "client", service.vip, vec![agent.proc().pid()]),
         ("HAProxy", "client", SocketAddr::from((NODE_IP4, HAPROXY_PORT)), vec![haproxy.pid()]),
         ("nginx", "client", SocketAddr::from((NODE_IP4, NGINX_PORT)), process_tree(nginx.pid())),
     ];
     let mut results = Vec::new();
     for (path, from, to, pids) in paths {
+        if path == SOCKEYE_HEDGING {
+            agent.apply_config(&node.config(&node.service(&["b1", "b2", "b3"], HEDGING)))?;
+        }
         say(&format!("{path}: warm-up, then {} calls/s for {:?}", options.rate, options.round));
         let pod = node.sandbox.pod(from);
         load(pod, to, 500, Duration::from_secs(1))?;
-        let before = usage(&pids)?;
+        let (before, extra) = (usage(&pids)?, ExtraLoad::read(&agent, &service.name)?);
         let report = load(pod, to, options.rate, options.round)?;
         let after = usage(&pids)?;
+        let extra = ExtraLoad::read(&agent, &service.name)?.since(&extra);
+        let through_agent = to == service.vip && from == "client";
         let cpu = (!pids.is_empty())
             .then(|| ratio(after.cpu_seconds - before.cpu_seconds, report.ok as f64 / 1000.0));
         let (max_rate, ramp_p99_us) = ramp(pod, to, &options.ramp, path)?;
@@ -67,6 +82,7 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<PathResult>> {
             failed: report.failed,
             cpu_seconds_per_1k: cpu,
             rss_kib: (!pids.is_empty()).then_some(after.rss_kib),
+            extra_load: through_agent.then(|| extra.share()),
             max_rate,
             ramp_p99_us,
         });
@@ -79,14 +95,14 @@ pub fn run(options: &Options) -> anyhow::Result<Vec<PathResult>> {
 pub fn table(results: &[PathResult]) -> String {
     let direct = &results[0].latency_us;
     let mut md = String::from(
-        "| path | p50 µs | p99 µs | p999 µs | added p50 | added p99 | added p999 | failed | max rate/s | CPU s per 1k calls | RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| path | p50 µs | p99 µs | p999 µs | added p50 | added p99 | added p999 | failed | max rate/s | CPU s per 1k calls | RSS MiB | extra tries |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let p = &r.latency_us;
         let added = |a: u64, d: u64| a.saturating_sub(d);
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.path,
             p.p50,
             p.p99,
@@ -98,6 +114,7 @@ pub fn table(results: &[PathResult]) -> String {
             r.max_rate,
             r.cpu_seconds_per_1k.map_or("-".into(), |c| format!("{c:.3}")),
             r.rss_kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            r.extra_load.map_or("-".into(), |e| format!("{:.1}%", e * 100.0)),
         ));
     }
     md
@@ -105,7 +122,7 @@ pub fn table(results: &[PathResult]) -> String {
 
 /// p99 over the ramp, one line per path, as an SVG.
 pub fn plot(results: &[PathResult], ramp: &[u32]) -> String {
-    const COLORS: [&str; 5] = ["gray", "#d62728", "#1f77b4", "#2ca02c", "#9467bd"];
+    const COLORS: [&str; 6] = ["gray", "#d62728", "#1f77b4", "#17becf", "#2ca02c", "#9467bd"];
     let series: Vec<crate::plot::Series> = results
         .iter()
         .zip(COLORS)

@@ -23,7 +23,7 @@
 //!       JSON report (sandbox::grpc::shapes::ShapeReport) as its last line.
 //!   sk-pod http-server --port P --name NAME
 //!       An HTTP/1.1 (with WebSocket upgrades) and h2c backend (see sandbox::web).
-//!   sk-pod http-shape --to ADDR --shape SHAPE [--bytes B] [--count N]
+//!   sk-pod http-shape --to ADDR --shape SHAPE [--bytes B] [--count N] [--pause-ms P]
 //!       One HTTP exchange of that shape (see sandbox::web::shapes); prints a JSON
 //!       report (sandbox::web::shapes::WebReport) as its last line.
 //!   sk-pod tcp-hold --to ADDR --count N
@@ -148,6 +148,7 @@ fn main() -> anyhow::Result<()> {
                 get("shape")?,
                 flags.get("bytes").map_or(Ok(1 << 20), |v| v.parse())?,
                 flags.get("count").map_or(Ok(1), |v| v.parse())?,
+                millis(&flags, "pause-ms", 0)?,
             ))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())

@@ -13,8 +13,9 @@ sockeye-bench [grpc] [peers] [accel] [tcp] [load] [scale] [--rate N] [--seconds 
                 agent to the same Pod; latency percentiles, agent CPU per 1k calls and
                 RSS, and the maximum sustained rate of each path
   peers         the same load to a Service of three backends, side by side: direct to
-                one Pod, kube-proxy DNAT, sockeye, HAProxy and nginx; a markdown table
-                and a plot in results/
+                one Pod, kube-proxy DNAT, sockeye with hedging off and on, HAProxy and
+                nginx (agent CPU per 1k calls and the extra tries hedging sent); a
+                markdown table and a plot in results/
   accel         the Pod→agent hop with socket acceleration off and on (round trips of
                 100 bytes and 64 MiB streams over 8 connections, agent CPU), and connect
                 latency: direct, sockeye's connect steering, an iptables REDIRECT rule

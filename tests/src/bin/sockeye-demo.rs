@@ -19,8 +19,9 @@ use sandbox::{
 const USAGE: &str = "\
 sockeye-demo [--scenario all|rolling|steering] [--rate N] [--connections N]
 
-  --scenario S      rolling: the field reports' rolling update of a gRPC backend, once
-                    through kube-proxy's DNAT and once through sockeye, side by side;
+  --scenario S      rolling: the field reports' rolling update of a gRPC backend
+                    through kube-proxy's DNAT, through sockeye, and through sockeye
+                    with hedging on, side by side;
                     steering: the kernel steering an enrolled Pod's connects into the
                     agent, a Pod that is not enrolled, and failing open when the agent
                     dies; all (the default): both
@@ -76,15 +77,15 @@ fn run() -> anyhow::Result<()> {
 fn rolling(rate: u32) -> anyhow::Result<()> {
     let options = rolling::Options { rate, ..Default::default() };
     let mut results = Vec::new();
-    for path in [rolling::Path::Dnat, rolling::Path::Sockeye] {
+    for path in [rolling::Path::Dnat, rolling::Path::Sockeye, rolling::Path::SockeyeHedging] {
         check_interrupt()?;
         step(&format!(
             "rolling update of 3 gRPC backends, {rate} calls/s over one channel, through {}",
             path.name()
         ));
-        let report = rolling::run(path, &options, &|line| println!("        {line}"))?;
-        println!("        {} calls, {} failed", report.sent, report.failed);
-        results.push((path, report));
+        let rolled = rolling::run(path, &options, &|line| println!("        {line}"))?;
+        println!("        {} calls, {} failed", rolled.load.sent, rolled.load.failed);
+        results.push((path, rolled));
     }
     println!();
     rolling::print_table(&results);

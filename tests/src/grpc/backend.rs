@@ -5,8 +5,11 @@
 //! - `health serving` | `health not_serving`: set the overall health status
 //! - `fail <code>` | `fail none`: answer every call with this gRPC status code
 //! - `delay <ms>`: wait before answering every call
+//! - `slow <percent> <ms>`: wait before answering that share of calls, spread evenly
+//!   (with 5: every 20th call); `slow 0 0` stops it
 //! - `hang on` | `hang off`: never answer calls (a frozen app that still accepts)
-//! - `stats`: print `<name> calls=<n>`, the calls it has received
+//! - `stats`: print `<name> slowed=<n>`, the calls `slow` delayed, then
+//!   `<name> calls=<n>`, the calls it has received
 //! - `crash-after <n> <marker>`: exit abruptly on the n-th message of a client stream,
 //!   if this backend is the first to create the file `marker` (so of the backends
 //!   told, only the first to get that far crashes)
@@ -46,6 +49,8 @@ pub struct Options {
 struct Behaviour {
     fail: Option<Code>,
     delay: Duration,
+    /// The share of calls, in percent, delayed by the duration.
+    slow: (u64, Duration),
     hang: bool,
     crash_after: Option<(u64, std::path::PathBuf)>,
 }
@@ -54,6 +59,9 @@ pub struct Backend {
     name: String,
     serving: AtomicBool,
     calls: AtomicU64,
+    /// Unary calls answered (or being answered), and those `slow` delayed.
+    answers: AtomicU64,
+    slowed: AtomicU64,
     behaviour: Mutex<Behaviour>,
 }
 
@@ -92,12 +100,18 @@ impl Backend {
             println!("{} call while not serving t_ns={}", self.name, monotonic_ns());
             return Err(Status::unavailable(format!("{} is not ready", self.name)));
         }
-        let (fail, delay, hang) = {
+        let (fail, mut delay, hang, (percent, late)) = {
             let b = self.behaviour.lock().unwrap();
-            (b.fail, b.delay, b.hang)
+            (b.fail, b.delay, b.hang, b.slow)
         };
         if hang {
             std::future::pending::<()>().await;
+        }
+        // Call n is slow when the share's count goes up at it: evenly spread.
+        let n = self.answers.fetch_add(1, Ordering::Relaxed) + 1;
+        if n * percent / 100 > (n - 1) * percent / 100 {
+            self.slowed.fetch_add(1, Ordering::Relaxed);
+            delay += late;
         }
         let request = req.into_inner();
         let delay = delay + Duration::from_millis(u64::from(request.delay_ms));
@@ -117,6 +131,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         name: options.name.clone(),
         serving: AtomicBool::new(options.not_serving_for.is_zero()),
         calls: AtomicU64::new(0),
+        answers: AtomicU64::new(0),
+        slowed: AtomicU64::new(0),
         behaviour: Mutex::new(Behaviour::default()),
     });
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -176,12 +192,19 @@ async fn control(reporter: HealthReporter, backend: Arc<Backend>) {
                 Ok(ms) => backend.behaviour.lock().unwrap().delay = Duration::from_millis(ms),
                 Err(_) => eprintln!("control: bad delay {ms:?}"),
             },
+            ["slow", percent, ms] => match (percent.parse::<u64>(), ms.parse()) {
+                (Ok(percent), Ok(ms)) if percent <= 100 => {
+                    backend.behaviour.lock().unwrap().slow = (percent, Duration::from_millis(ms))
+                }
+                _ => eprintln!("control: bad slow {percent:?} {ms:?}"),
+            },
             ["hang", on] => backend.behaviour.lock().unwrap().hang = *on == "on",
             ["crash-after", n, marker] => match n.parse() {
                 Ok(n) => backend.behaviour.lock().unwrap().crash_after = Some((n, marker.into())),
                 Err(_) => eprintln!("control: bad count {n:?}"),
             },
             ["stats"] => {
+                println!("{} slowed={}", backend.name, backend.slowed.load(Ordering::Relaxed));
                 println!("{} calls={}", backend.name, backend.calls.load(Ordering::Relaxed))
             }
             _ => eprintln!("control: unknown command {line:?}"),

@@ -40,6 +40,9 @@ pub struct LoadReport {
     pub backends: BTreeMap<String, u64>,
     /// Latency of successful calls, in microseconds, from the scheduled send time.
     pub latency_us: Percentiles,
+    /// Successful calls that took 100 ms or more.
+    #[serde(default)]
+    pub over_100ms: u64,
     /// Calls by the second they were scheduled in.
     pub timeline: Vec<Second>,
     /// Calls sent again because the first try never left this client (see
@@ -61,6 +64,9 @@ pub struct Percentiles {
 pub struct Second {
     pub ok: u64,
     pub failed: u64,
+    /// The slowest successful call of the second, in microseconds.
+    #[serde(default)]
+    pub max_us: u64,
 }
 
 impl LoadReport {
@@ -166,6 +172,9 @@ fn record(tally: &Mutex<Tally>, second: usize, result: Result<String, String>, s
             *tally.report.backends.entry(backend).or_default() += 1;
             let micros = scheduled.elapsed().as_micros().clamp(1, 60_000_000) as u64;
             let _ = tally.histogram.record(micros);
+            let max = &mut tally.report.timeline[slot].max_us;
+            *max = micros.max(*max);
+            tally.report.over_100ms += u64::from(micros >= 100_000);
         }
         Err(error) => {
             tally.report.failed += 1;

@@ -6,7 +6,9 @@
 //! `GET /stream?chunks=N&interval_ms=M` streams N lines `chunk I produced_ns=T`, M ms
 //! apart; `POST /trailers` echoes the body with trailers `x-checksum` and `x-note`
 //! (the request's `x-note` trailer); `GET /ws` is a WebSocket echo; a CONNECT (HTTP/2
-//! extended CONNECT included) is answered 200 and its tunnel echoes bytes.
+//! extended CONNECT included) is answered 200 and its tunnel echoes bytes;
+//! `/slow?who=NAME&ms=M` (any method) answers the backend's name, M ms late on the
+//! backend named NAME and at once on the others.
 
 pub mod server;
 pub mod shapes;

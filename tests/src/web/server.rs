@@ -54,10 +54,26 @@ async fn route(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>,
         "/stream" => stream(req.uri().query().unwrap_or("")),
         "/trailers" => trailers(req).await,
         "/ws" => websocket(req),
+        "/slow" => slow(&name, req).await,
         "/" => text(StatusCode::OK, "ok\n".into()),
         _ => text(StatusCode::NOT_FOUND, "no such route\n".into()),
     };
     Ok(response)
+}
+
+/// Answers the backend's name after reading the body: `ms` late if it is `who`.
+async fn slow(name: &str, req: Request<Incoming>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("").to_string();
+    let param = |key: &str| {
+        query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
+    };
+    let late = param("who") == name;
+    let ms: u64 = param("ms").parse().unwrap_or(0);
+    let _ = req.into_body().collect().await;
+    if late {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    text(StatusCode::OK, format!("{name}\n"))
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

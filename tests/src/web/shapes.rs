@@ -12,8 +12,11 @@
 //!   connection, then `--count` lines through the tunnel, each echoed.
 //! - `h2c-trailers`: HTTP/2 with prior knowledge, a body with trailers, answered with
 //!   the body echoed and trailers.
+//! - `slow-get` / `slow-post`: `--count` requests one after another on one connection,
+//!   `--pause-ms` apart, to `/slow`, which backend `w1` answers [`SLOW_MS`] late;
+//!   records the slowest and which backend answered how many.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -49,7 +52,15 @@ pub struct WebReport {
     pub continued: bool,
     pub messages: u64,
     pub elapsed_ms: u64,
+    /// `slow-get`, `slow-post`: the slowest request, and requests by backend.
+    #[serde(default)]
+    pub slowest_ms: u64,
+    #[serde(default)]
+    pub answered: BTreeMap<String, u64>,
 }
+
+/// How late backend `w1` answers `slow-get` and `slow-post`.
+pub const SLOW_MS: u64 = 150;
 
 impl WebReport {
     /// Reads the report from `http-shape`'s output (its last non-empty line).
@@ -58,7 +69,13 @@ impl WebReport {
     }
 }
 
-pub async fn run(to: SocketAddr, shape: &str, bytes: u64, count: u64) -> anyhow::Result<WebReport> {
+pub async fn run(
+    to: SocketAddr,
+    shape: &str,
+    bytes: u64,
+    count: u64,
+    pause: Duration,
+) -> anyhow::Result<WebReport> {
     let started = std::time::Instant::now();
     let mut report = match shape {
         "upload-sized" => upload(to, bytes, true).await?,
@@ -68,6 +85,8 @@ pub async fn run(to: SocketAddr, shape: &str, bytes: u64, count: u64) -> anyhow:
         "websocket" => websocket(to, count).await?,
         "h2c-trailers" => h2c_trailers(to, bytes).await?,
         "h2-connect" => h2_connect(to, count).await?,
+        "slow-get" => slow(to, http::Method::GET, count, pause).await?,
+        "slow-post" => slow(to, http::Method::POST, count, pause).await?,
         _ => bail!("unknown shape {shape:?}"),
     };
     report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -124,6 +143,41 @@ async fn upload(to: SocketAddr, bytes: u64, sized: bool) -> anyhow::Result<WebRe
         bytes: received.bytes,
         ..Default::default()
     })
+}
+
+async fn slow(
+    to: SocketAddr,
+    method: http::Method,
+    count: u64,
+    pause: Duration,
+) -> anyhow::Result<WebReport> {
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(connect(to).await?).await?;
+    tokio::spawn(connection);
+    let mut report = WebReport { intact: true, ..Default::default() };
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        let body = match method {
+            http::Method::POST => http_body_util::Full::new(Bytes::from_static(b"order")),
+            _ => http_body_util::Full::new(Bytes::new()),
+        };
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("/slow?who=w1&ms={SLOW_MS}"))
+            .header("host", "web")
+            .body(body)?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        report.status = response.status().as_u16();
+        let backend = response.into_body().collect().await?.to_bytes();
+        report.intact &= report.status == 200;
+        report.slowest_ms = report.slowest_ms.max(started.elapsed().as_millis() as u64);
+        let backend = String::from_utf8_lossy(&backend).trim().to_string();
+        *report.answered.entry(backend).or_default() += 1;
+        report.messages += 1;
+        tokio::time::sleep(pause).await;
+    }
+    Ok(report)
 }
 
 async fn stream(to: SocketAddr, chunks: u64) -> anyhow::Result<WebReport> {

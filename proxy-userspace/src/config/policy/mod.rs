@@ -1,12 +1,14 @@
 //! Per-service policy blocks of the config file, with Envoy-like names and documented
-//! defaults: `health`, `outlier`, `retry`, `timeout`. Every block is optional.
+//! defaults: `health`, `outlier`, `retry`, `timeout`, `hedge`. Every block is optional.
 
 mod health;
+mod hedge;
 mod outlier;
 mod retry;
 mod timeout;
 
 pub use health::HealthPolicy;
+pub use hedge::{HedgePolicy, Percent};
 pub use outlier::OutlierPolicy;
 pub use retry::{RetryOn, RetryPolicy};
 pub use timeout::TimeoutPolicy;
@@ -20,6 +22,7 @@ pub struct Policy {
     pub outlier: OutlierPolicy,
     pub retry: RetryPolicy,
     pub timeout: TimeoutPolicy,
+    pub hedge: HedgePolicy,
     /// Relay or kernel mode, for `tcp` services.
     pub tcp_mode: TcpMode,
 }
@@ -30,6 +33,7 @@ impl Policy {
         self.health.validate()?;
         self.outlier.validate()?;
         self.retry.validate()?;
-        self.timeout.validate()
+        self.timeout.validate()?;
+        self.hedge.validate()
     }
 }

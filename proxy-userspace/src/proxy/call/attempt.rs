@@ -37,15 +37,19 @@ pub async fn send(
     let upstream = balancer.upstream(endpoint.addr);
     let in_flight = InFlight::new(endpoint.clone());
     let started = Instant::now();
+    let (request, generation) = call.request();
     let result = tokio::select! {
-        result = upstream.send(call.request(), policy.timeout.connect) => result.map_err(failure),
+        result = upstream.send(request, policy.timeout.connect) => result.map_err(failure),
         () = call.deadlines.expire(started, || call.body.progress()) => {
             Err(TryFailure::Local(LocalOriginFailure::Timeout))
         }
         // The endpoint went away (drain deadline): give up the try, so it is retried.
         () = upstream.closed() => Err(TryFailure::Local(LocalOriginFailure::Reset)),
     };
-    let response = result?;
+    // A body the agent stopped (a hedge took the client's body over) is not the
+    // endpoint's failure.
+    let response = result
+        .map_err(|f| if call.body.spoiled(generation) { TryFailure::Superseded } else { f })?;
     let latency = started.elapsed();
     pewma::observe(&endpoint.load, latency);
     Ok(Answered { response, endpoint, upstream, in_flight, latency })

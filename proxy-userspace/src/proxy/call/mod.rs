@@ -6,6 +6,8 @@
 //! - [`deadline`]: how long a try may wait for response headers;
 //! - [`tries`]: selection (`balance::Select`) and the retry loop under the policy and
 //!   the retry budget;
+//! - [`hedge`]: each round of the loop as a [`race`] of its try and, when the call is
+//!   covered and slower than most, hedges to other endpoints (`crate::hedge`);
 //! - [`attempt`]: one try on one endpoint's pooled connection (`upstream`);
 //! - [`report`]: each try's outcome to outlier detection and the metrics, and the
 //!   response body streamed back, reporting a gRPC call's status at its trailers;
@@ -16,6 +18,8 @@
 
 mod attempt;
 mod deadline;
+mod hedge;
+mod race;
 mod replay;
 mod report;
 mod tries;
@@ -61,10 +65,12 @@ pub struct Call {
     body: ReplayBody<Incoming>,
     started: Instant,
     deadlines: Deadlines,
+    /// An Upgrade or CONNECT: the answer may become a tunnel.
+    tunnel: bool,
 }
 
 impl Call {
-    fn new(req: Request<Incoming>, policy: &Policy, started: Instant) -> Self {
+    fn new(req: Request<Incoming>, policy: &Policy, started: Instant, tunnel: bool) -> Self {
         let grpc = grpc::is_grpc(req.headers());
         let client_timeout =
             req.headers().get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
@@ -82,6 +88,7 @@ impl Call {
             body: ReplayBody::new(body, policy.retry.max_replay_bytes),
             started,
             deadlines: Deadlines::new(started, client_timeout, policy),
+            tunnel,
         }
     }
 
@@ -90,9 +97,22 @@ impl Call {
         self.grpc || self.head.method.is_idempotent()
     }
 
-    /// The request of the next try.
-    fn request(&self) -> Request<ProxyBody> {
-        let mut req = Request::new(self.body.next_try().map_err(Into::into).boxed_unsync());
+    /// What hedging decides on.
+    fn target(&self) -> crate::hedge::Target<'_> {
+        crate::hedge::Target {
+            grpc: self.grpc,
+            method: &self.head.method,
+            path: self.head.uri.path(),
+            tunnel: self.tunnel,
+        }
+    }
+
+    /// The request of the next try, and its body's generation (see
+    /// [`ReplayBody::spoiled`]).
+    fn request(&self) -> (Request<ProxyBody>, u64) {
+        let body = self.body.next_try();
+        let generation = body.generation();
+        let mut req = Request::new(body.map_err(Into::into).boxed_unsync());
         *req.method_mut() = self.head.method.clone();
         *req.uri_mut() = self.head.uri.clone();
         *req.version_mut() = self.head.version;
@@ -100,7 +120,7 @@ impl Call {
         if let Some(protocol) = &self.head.connect_protocol {
             req.extensions_mut().insert(protocol.clone());
         }
-        req
+        (req, generation)
     }
 }
 
@@ -110,7 +130,7 @@ pub async fn handle(balancer: &Balancer, mut req: Request<Incoming>) -> Response
     let service = &balancer.service;
     let policy = service.policy();
     let client_end = tunnel::wanted(&req).then(|| hyper::upgrade::on(&mut req));
-    let call = Call::new(req, &policy, started);
+    let call = Call::new(req, &policy, started, client_end.is_some());
     balancer.budget().request(started.into_std());
     balancer.metrics.request(&service.name, service.protocol);
     match tries::run(balancer, &call, &policy).await {

@@ -6,11 +6,15 @@
 //! to the copy, as long as the copy stays within `max_replay_bytes`; once a chunk would
 //! outgrow it, the copy is dropped and the call can no longer be retried (it is
 //! committed to the endpoint that has the bytes). A newer try supersedes the older
-//! ones: a superseded body fails its next poll, so its stream is reset and it never
-//! reads what belongs to the new try.
+//! ones for what the client has still to send: a superseded body that wants to read on
+//! from the client fails instead, so its stream is reset and it never reads what
+//! belongs to the new try. Replaying the copy needs no turn: a hedge sent once the
+//! client's body has ended (or before any try began to read it) runs beside the try
+//! it hedges, each sending the whole request.
 //!
-//! linkerd2-proxy's `ReplayBody` is the model; this one is simpler because tries
-//! are sequential and a superseded try is failed rather than waited for.
+//! linkerd2-proxy's `ReplayBody` is the model; this one is simpler because only the
+//! newest try reads from the client and a superseded try is failed rather than
+//! waited for.
 
 use std::{
     pin::Pin,
@@ -51,8 +55,13 @@ struct State<B> {
     /// When the client last sent something: the call's start, then each frame read
     /// and the body's end. The deadlines count from it.
     progress: Instant,
-    /// The try whose body may read; earlier ones are superseded.
+    /// The try whose body may read from the client; earlier ones are superseded.
     generation: u64,
+    /// Some try has polled the client's body.
+    polled: bool,
+    /// Tries whose body failed on its own (superseded, or the copy outgrown): their
+    /// endpoint is not to blame.
+    spoiled: Vec<u64>,
 }
 
 /// Why a try's body stopped.
@@ -88,6 +97,8 @@ where
             trailers: None,
             progress: Instant::now(),
             generation: 0,
+            polled: false,
+            spoiled: Vec::new(),
         };
         Self { shared: Arc::new(Shared { state: Mutex::new(state) }) }
     }
@@ -102,6 +113,22 @@ where
     /// Whether a new try could send everything the client has sent so far.
     pub fn replayable(&self) -> bool {
         !self.shared.lock().outgrown
+    }
+
+    /// Whether a try may start beside the ones running (a hedge): the copy holds the
+    /// client's whole body (or its end has arrived, unread), or no try has begun to
+    /// read it (the new one will, and the others replay it). Never while the client
+    /// is still streaming to a try.
+    pub fn may_hedge(&self) -> bool {
+        let state = self.shared.lock();
+        let whole = state.inner.as_ref().is_none_or(|inner| !state.polled || inner.is_end_stream());
+        !state.outgrown && !state.client_failed && whole
+    }
+
+    /// Whether the body of try `generation` failed on its own: the try's failure is
+    /// the agent's doing, not its endpoint's.
+    pub fn spoiled(&self, generation: u64) -> bool {
+        self.shared.lock().spoiled.contains(&generation)
     }
 
     /// Whether reading the client's body failed (the client's fault, not an endpoint's).
@@ -138,6 +165,13 @@ pub struct TryBody<B> {
     done: bool,
 }
 
+impl<B> TryBody<B> {
+    /// Which try this body belongs to (see [`ReplayBody::spoiled`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 impl<B> Body for TryBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -155,23 +189,31 @@ where
         }
         let this = &mut *self;
         let mut state = this.shared.lock();
-        if state.generation != this.generation {
-            return Poll::Ready(Some(Err(ReplayError::Superseded)));
-        }
         if state.client_failed {
             return Poll::Ready(Some(Err(ReplayError::ClientFailed)));
         }
         if this.at < state.read {
             // An earlier try read this chunk: send it again, if it was kept.
             let Some(chunk) = state.copy.get(this.at).filter(|_| !state.outgrown) else {
+                state.spoiled.push(this.generation);
                 return Poll::Ready(Some(Err(ReplayError::Outgrown)));
             };
             this.at += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
         }
-        let Some(inner) = state.inner.as_mut() else {
+        if state.inner.is_none() {
             this.done = true;
             return Poll::Ready(state.trailers.clone().map(|t| Ok(Frame::trailers(t))));
+        }
+        // The end of the client's body may be read by any try: nothing follows it.
+        let at_end = state.inner.as_ref().is_some_and(Body::is_end_stream);
+        if state.generation != this.generation && !at_end {
+            state.spoiled.push(this.generation);
+            return Poll::Ready(Some(Err(ReplayError::Superseded)));
+        }
+        state.polled = true;
+        let Some(inner) = state.inner.as_mut() else {
+            return Poll::Ready(None);
         };
         let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
@@ -217,7 +259,6 @@ where
         self.at >= state.read
             && state.trailers.is_none()
             && state.inner.as_ref().is_none_or(Body::is_end_stream)
-            && state.generation == self.generation
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -137,3 +137,51 @@ async fn a_failing_client_fails_the_try() {
     let mut second = body.next_try();
     assert!(matches!(second.frame().await, Some(Err(ReplayError::ClientFailed))));
 }
+
+#[tokio::test]
+async fn a_hedge_of_a_whole_body_runs_beside_the_try_it_hedges() {
+    let (tx, inner) = client();
+    let body = ReplayBody::new(inner, 1024);
+    let mut first = body.next_try();
+    send(&tx, "a");
+    assert_eq!(next(&mut first).await, "a");
+    assert!(!body.may_hedge(), "the client may still be streaming to the first try");
+    drop(tx);
+    assert!(first.frame().await.is_none());
+    assert!(body.may_hedge(), "the whole body is in the copy");
+
+    let hedge = body.next_try();
+    let replayed = body.next_try().collect().await.unwrap().to_bytes();
+    assert_eq!(replayed, "a");
+    assert_eq!(hedge.collect().await.unwrap().to_bytes(), "a", "a superseded try replays too");
+    assert!(first.is_end_stream(), "the first try is not failed by the hedges");
+    assert!(!body.spoiled(first.generation()));
+}
+
+#[tokio::test]
+async fn a_hedge_reads_a_body_no_try_began_and_the_first_try_replays_it() {
+    let (tx, inner) = client();
+    let body = ReplayBody::new(inner, 1024);
+    // The first try is still connecting: it has not polled the body.
+    let first = body.next_try();
+    send(&tx, "msg");
+    drop(tx);
+    assert!(body.may_hedge());
+    let hedge = body.next_try();
+    assert_eq!(hedge.collect().await.unwrap().to_bytes(), "msg");
+    assert_eq!(first.collect().await.unwrap().to_bytes(), "msg");
+}
+
+#[tokio::test]
+async fn a_superseded_try_that_would_read_from_the_client_is_spoiled_not_its_endpoint() {
+    let (tx, inner) = client();
+    let body = ReplayBody::new(inner, 1024);
+    let mut first = body.next_try();
+    let mut second = body.next_try();
+    send(&tx, "x");
+    assert_eq!(next(&mut second).await, "x");
+    assert_eq!(next(&mut first).await, "x", "the copy is replayed");
+    assert!(matches!(first.frame().await, Some(Err(ReplayError::Superseded))));
+    assert!(body.spoiled(first.generation()));
+    assert!(!body.spoiled(second.generation()));
+}

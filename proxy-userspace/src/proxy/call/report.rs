@@ -19,8 +19,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::{Call, attempt::Answered, race::Finish};
 use crate::{
     balance::InFlight,
+    config::Policy,
     metrics::{Metrics, grpc_code_name, http_class},
     proxy::{body::BoxError, grpc},
     retry::TryFailure,
@@ -200,6 +202,54 @@ impl<B> Drop for ResponseBody<B> {
 /// Trailers that end a gRPC call with UNAVAILABLE (retriable) and `message`.
 fn unavailable(message: &str) -> HeaderMap {
     grpc::status_headers(grpc::UNAVAILABLE, message)
+}
+
+/// A try's outcome, reported, as the retry loop and a race see it.
+pub enum Judged {
+    /// Response headers the policy does not retry: the call is committed to them.
+    Final(Answered),
+    /// A failure, or an answer the policy may retry (kept, to pass on when no retry
+    /// follows).
+    Failed(TryFailure, Option<Answered>),
+    /// The client's own request body failed: no endpoint is to blame, nothing follows.
+    ClientFailed(TryFailure),
+}
+
+impl Finish for Judged {
+    fn ends_race(&self) -> bool {
+        !matches!(self, Judged::Failed(..))
+    }
+}
+
+/// Reports how a try on `endpoint` went and says what it means for the call.
+pub fn judge(
+    balancer: &Balancer,
+    call: &Call,
+    policy: &Policy,
+    endpoint: &Arc<Endpoint>,
+    result: Result<Answered, TryFailure>,
+) -> Judged {
+    let answered = match result {
+        Err(failure) if call.body.client_failed() => return Judged::ClientFailed(failure),
+        Err(failure) => {
+            try_failed(balancer, endpoint, failure);
+            return Judged::Failed(failure, None);
+        }
+        Ok(answered) => answered,
+    };
+    match verdict(call.grpc, &answered.response) {
+        Verdict::AtTrailers => Judged::Final(answered),
+        Verdict::Known { status, answer } => {
+            balancer
+                .service
+                .report(endpoint, Outcome::Response { status, latency: answered.latency });
+            if answer.retryable(&policy.retry) {
+                Judged::Failed(answer, Some(answered))
+            } else {
+                Judged::Final(answered)
+            }
+        }
+    }
 }
 
 /// Reports a try that got no response headers: a local-origin failure counts

@@ -1,24 +1,21 @@
 //! Tries and retries: pick a Ready endpoint not tried yet (selection), send the call
-//! to it (a try), report how it went, and when it failed in a way the policy retries,
-//! the call is safe to repeat, the replay copy still holds all the client sent, the
-//! call's deadlines allow and the retry budget has room, try another endpoint. A try
-//! that got response headers the policy does not retry ends the loop: from then on
-//! the call is committed to that endpoint.
+//! to it (a round: the try, raced by hedges when the call is covered, see [`hedge`]),
+//! and when it failed in a way the policy retries, the call is safe to repeat, the
+//! replay copy still holds all the client sent, the call's deadlines allow and the
+//! retry budget has room, try another endpoint. A try that got response headers the
+//! policy does not retry ends the loop: from then on the call is committed to that
+//! endpoint.
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{
-    Call,
-    attempt::{self, Answered},
-    report::{self, Verdict},
-};
+use super::{Call, attempt::Answered, hedge, report::Judged};
 use crate::{
     config::Policy,
     retry::{TryFailure, may_retry},
-    state::{Endpoint, LocalOriginFailure, Outcome},
+    state::{Endpoint, LocalOriginFailure},
     upstream::Balancer,
 };
 
@@ -57,27 +54,14 @@ pub async fn run(balancer: &Balancer, call: &Call, policy: &Policy) -> Result<An
         // A snapshot taken and released here: nothing borrowed is held across awaits.
         let Some(endpoint) = balancer.select.pick(&service.endpoints(), &tried) else { break };
         tried.push(endpoint.clone());
-        match attempt::send(balancer, call, policy, endpoint.clone()).await {
-            Err(failure) if call.body.client_failed() => {
+        match hedge::round(balancer, call, policy, endpoint, &mut tried).await {
+            Judged::Final(answered) => return Ok(answered),
+            Judged::ClientFailed(failure) => {
                 debug!(service = %service.name, ?failure, "the client's request body failed");
                 last = Some((failure, None));
                 break;
             }
-            Err(failure) => {
-                report::try_failed(balancer, &endpoint, failure);
-                last = Some((failure, None));
-            }
-            Ok(answered) => match report::verdict(call.grpc, &answered.response) {
-                Verdict::AtTrailers => return Ok(answered),
-                Verdict::Known { status, answer } => {
-                    let latency = answered.latency;
-                    service.report(&endpoint, Outcome::Response { status, latency });
-                    if !answer.retryable(&policy.retry) {
-                        return Ok(answered);
-                    }
-                    last = Some((answer, Some(answered)));
-                }
-            },
+            Judged::Failed(failure, answered) => last = Some((failure, answered)),
         }
     }
     match last {
