@@ -34,6 +34,7 @@ use crate::{
     signals::{self, Signals, Stop},
     state::State,
     sys,
+    workers::Workers,
 };
 
 pub struct RunOptions {
@@ -222,12 +223,14 @@ async fn serve(
         Start::TakeOver(predecessor) => (Err(predecessor), None),
     };
     let (drain, drain_watch) = Drain::new();
+    let workers = Arc::new(Workers::per_core().context("starting the worker threads")?);
     let proxy = Proxy::new(
         kernel.clone(),
         state.clone(),
         drain_watch.clone(),
         metrics.clone(),
         config.limits,
+        workers.clone(),
     );
     let mut stops = Signals::register()?.spawn(Summary {
         reload: discovery.reloads(),
@@ -254,7 +257,7 @@ async fn serve(
         own,
         metrics.clone(),
     ));
-    let mut heartbeat = Heartbeat::start(kernel.clone())?;
+    let mut heartbeat = Heartbeat::start(kernel.clone(), workers.handles())?;
     // Until the listeners are published the predecessor, or DNAT, takes the connects.
     tokio::select! {
         () = warm_up(&first, &state) => {}
@@ -301,6 +304,7 @@ async fn serve(
     }
     wind_down(&drain, &proxy, stop, &mut stops).await;
     accepting.shutdown().await;
+    workers.stop();
     tasks.shutdown().await;
     heartbeat.stop();
     outcome.map(|_| ending)

@@ -28,6 +28,7 @@ pub mod state;
 mod sync;
 mod sys;
 pub mod upstream;
+pub mod workers;
 
 /// An error and its causes, `outer: inner: innermost`, for log lines (error types
 /// say what failed and leave the cause to their `source`).

@@ -8,8 +8,9 @@
 //!   load nor its neighbours' delays a beat.
 //! - A hung agent must stop it. SIGSTOP stops the thread with the rest of the process;
 //!   a runtime that stops making progress (a deadlock, a task that never yields) is
-//!   caught by the pulse: a task on the runtime stamps it, and the thread beats only
-//!   while the stamp is younger than [`RUNTIME_STALL`].
+//!   caught by the pulse: a task on each runtime (the main one and every worker's)
+//!   stamps its own, and the thread beats only while every stamp is younger than
+//!   [`RUNTIME_STALL`].
 //!
 //! A killed agent needs none of this: its listener closes and the kernel fails open at
 //! once.
@@ -24,6 +25,7 @@ use std::{
 };
 
 use proxy_common::agent::HEARTBEAT_INTERVAL_MS;
+use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
 use crate::{datapath::Datapath, sys};
@@ -52,34 +54,44 @@ impl Pulse {
     }
 }
 
-/// The beating heart: a thread and a pulse task. Beats stop when it is stopped or
-/// dropped (a hand-off, a shutdown).
+/// The beating heart: a thread and a pulse task per runtime. Beats stop when it is
+/// stopped or dropped (a hand-off, a shutdown).
 pub struct Heartbeat {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pulse_task: tokio::task::JoinHandle<()>,
+    pulse_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Heartbeat {
     /// Beats once at once (an error here is the caller's to report), then keeps
-    /// beating from a thread of its own. Must run inside a tokio runtime.
-    pub fn start(datapath: Arc<dyn Datapath>) -> anyhow::Result<Self> {
-        let pulse = Arc::new(Pulse::default());
-        pulse.stamp(sys::monotonic_ns());
+    /// beating from a thread of its own while the current runtime and every one of
+    /// `others` run their pulse tasks. Must run inside a tokio runtime.
+    pub fn start<'a>(
+        datapath: Arc<dyn Datapath>,
+        others: impl Iterator<Item = &'a Handle>,
+    ) -> anyhow::Result<Self> {
+        let runtimes: Vec<Handle> =
+            std::iter::once(Handle::current()).chain(others.cloned()).collect();
+        let pulses: Vec<Arc<Pulse>> = runtimes.iter().map(|_| Arc::default()).collect();
+        pulses.iter().for_each(|p| p.stamp(sys::monotonic_ns()));
         datapath.beat()?;
-        let pulse_task = tokio::spawn(stamp_forever(pulse.clone()));
+        let pulse_tasks = runtimes
+            .iter()
+            .zip(&pulses)
+            .map(|(rt, p)| rt.spawn(stamp_forever(p.clone())))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new().name("sockeye-heartbeat".into()).spawn({
             let stop = stop.clone();
-            move || beat_until_stopped(datapath.as_ref(), &pulse, &stop)
+            move || beat_until_stopped(datapath.as_ref(), &pulses, &stop)
         })?;
-        Ok(Self { stop, thread: Some(thread), pulse_task })
+        Ok(Self { stop, thread: Some(thread), pulse_tasks })
     }
 
     /// Stops beating; returns once the thread has written its last beat.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        self.pulse_task.abort();
+        self.pulse_tasks.iter().for_each(tokio::task::JoinHandle::abort);
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
             let _ = thread.join();
@@ -102,7 +114,7 @@ async fn stamp_forever(pulse: Arc<Pulse>) {
     }
 }
 
-fn beat_until_stopped(datapath: &dyn Datapath, pulse: &Pulse, stop: &AtomicBool) {
+fn beat_until_stopped(datapath: &dyn Datapath, pulses: &[Arc<Pulse>], stop: &AtomicBool) {
     match sys::realtime_priority() {
         Ok(()) => info!("heartbeat thread at real-time priority"),
         Err(err) => warn!(
@@ -112,7 +124,7 @@ fn beat_until_stopped(datapath: &dyn Datapath, pulse: &Pulse, stop: &AtomicBool)
     }
     let mut beater = Beater::default();
     while !stop.load(Ordering::Acquire) {
-        beater.tick(datapath, pulse, sys::monotonic_ns());
+        beater.tick(datapath, pulses, sys::monotonic_ns());
         std::thread::park_timeout(INTERVAL);
     }
 }
@@ -125,13 +137,14 @@ struct Beater {
 }
 
 impl Beater {
-    /// Beats if the runtime has made progress lately; returns whether it wrote a beat.
-    fn tick(&mut self, datapath: &dyn Datapath, pulse: &Pulse, now_ns: u64) -> bool {
-        if !pulse.is_fresh(now_ns) {
+    /// Beats if every runtime has made progress lately; returns whether it wrote a beat.
+    fn tick(&mut self, datapath: &dyn Datapath, pulses: &[Arc<Pulse>], now_ns: u64) -> bool {
+        if let Some(stalled) = pulses.iter().position(|p| !p.is_fresh(now_ns)) {
             if !self.stalled {
                 error!(
-                    "the agent's runtime has not run for {RUNTIME_STALL:?}: heartbeat \
-                     stopped, so Pods take kube-proxy's path until it recovers"
+                    "the agent's runtime {stalled} (0 is the main one, then the workers) \
+                     has not run for {RUNTIME_STALL:?}: heartbeat stopped, so Pods take \
+                     kube-proxy's path until it recovers"
                 );
             }
             self.stalled = true;
@@ -173,26 +186,30 @@ mod tests {
     }
 
     #[test]
-    fn beats_stop_while_the_runtime_stalls_and_resume_when_it_runs() {
+    fn beats_stop_while_any_runtime_stalls_and_resume_when_it_runs() {
         let recorder = crate::datapath::Recorder::default();
         let beats = || *recorder.beats.lock().unwrap();
-        let (pulse, mut beater) = (Pulse::default(), Beater::default());
+        let pulses: [Arc<Pulse>; 2] = Default::default();
+        let (main, worker, mut beater) = (&pulses[0], &pulses[1], Beater::default());
         let t = 10_000_000_000;
-        pulse.stamp(t);
-        assert!(beater.tick(&recorder, &pulse, t + 1));
+        worker.stamp(t);
+        main.stamp(t);
+        assert!(beater.tick(&recorder, &pulses, t + 1));
         let stalled = t + RUNTIME_STALL.as_nanos() as u64 + 1;
-        assert!(!beater.tick(&recorder, &pulse, stalled));
-        assert!(!beater.tick(&recorder, &pulse, stalled + 1));
-        assert_eq!(beats(), 1, "no beat while the runtime stalls");
-        pulse.stamp(stalled + 2);
-        assert!(beater.tick(&recorder, &pulse, stalled + 3));
+        main.stamp(stalled);
+        assert!(!beater.tick(&recorder, &pulses, stalled));
+        assert!(!beater.tick(&recorder, &pulses, stalled + 1));
+        assert_eq!(beats(), 1, "no beat while the worker's runtime stalls");
+        worker.stamp(stalled + 2);
+        assert!(beater.tick(&recorder, &pulses, stalled + 3));
         assert_eq!(beats(), 2);
     }
 
     #[tokio::test]
     async fn the_thread_beats_until_stopped() {
         let recorder = Arc::new(crate::datapath::Recorder::default());
-        let mut heartbeat = Heartbeat::start(recorder.clone()).unwrap();
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let mut heartbeat = Heartbeat::start(recorder.clone(), workers.handles()).unwrap();
         let beats = || *recorder.beats.lock().unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while beats() < 3 {

@@ -226,6 +226,15 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
     Ok(soft.rlim_cur)
 }
 
+/// Gives the memory the allocator holds but no longer uses back to the system, after
+/// a big first state (parsing it left its scratch space free but resident).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap; it takes no pointer from us.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::TcpListener, os::fd::AsFd};
@@ -248,14 +257,5 @@ mod tests {
         // The same socket, not a copy: a connect is accepted through the received one.
         let _client = std::net::TcpStream::connect(listeners[1].local_addr().unwrap()).unwrap();
         received[1].accept().unwrap();
-    }
-}
-
-/// Gives the memory the allocator holds but no longer uses back to the system, after
-/// a big first state (parsing it left its scratch space free but resident).
-pub fn release_free_memory() {
-    // SAFETY: malloc_trim only walks glibc's own heap; it takes no pointer from us.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

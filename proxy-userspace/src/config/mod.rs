@@ -322,6 +322,10 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 15090))
 }
 
+fn default_service_idle() -> std::time::Duration {
+    DEFAULT_SERVICE_IDLE
+}
+
 #[cfg(test)]
 mod default_tests {
     #[test]
@@ -329,8 +333,4 @@ mod default_tests {
         assert_eq!(super::default_listen().to_string(), super::DEFAULT_LISTEN);
         assert_eq!(super::default_admin().to_string(), super::DEFAULT_ADMIN);
     }
-}
-
-fn default_service_idle() -> std::time::Duration {
-    DEFAULT_SERVICE_IDLE
 }

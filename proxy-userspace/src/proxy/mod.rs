@@ -31,6 +31,7 @@ use crate::{
     metrics::Metrics,
     state::{InUse, Service, State},
     upstream::Balancer,
+    workers::Workers,
 };
 
 /// How long a client of a gRPC or HTTP service may stay silent before its connection
@@ -46,6 +47,8 @@ pub struct Proxy {
     limits: Limits,
     /// Downstream connections being served, against the caps.
     admission: Arc<Admission>,
+    /// Where each connection is served.
+    workers: Arc<Workers>,
 }
 
 /// Why a connection was refused.
@@ -66,13 +69,15 @@ pub enum Refusal {
 impl Proxy {
     /// A proxy whose connections follow `drain`: when it drains, HTTP/2 clients get
     /// GOAWAY and HTTP/1.1 ones `Connection: close`, and their requests in flight
-    /// finish; when it closes, whatever is still open is dropped.
+    /// finish; when it closes, whatever is still open is dropped. Connections are
+    /// served on `workers`.
     pub fn new(
         datapath: Arc<dyn Datapath>,
         state: Arc<State>,
         drain: DrainWatch,
         metrics: Arc<Metrics>,
         limits: Limits,
+        workers: Arc<Workers>,
     ) -> Arc<Self> {
         let admission = Admission::new(limits, datapath.clone(), metrics.clone());
         Arc::new(Self {
@@ -83,6 +88,7 @@ impl Proxy {
             metrics,
             limits,
             admission,
+            workers,
         })
     }
 
@@ -127,7 +133,7 @@ impl Proxy {
                 Ok((in_use, ticket)) => {
                     let balancer = self.balancer(in_use.service().clone());
                     let drain = self.drain.clone();
-                    tokio::spawn(async move {
+                    self.workers.serve(stream, |stream| async move {
                         in_use.warmed().await;
                         serve_connection(stream, balancer, drain).await;
                         drop((ticket, in_use));
@@ -286,8 +292,10 @@ mod tests {
     async fn serve(state: Arc<State>) -> (Arc<Recorder>, SocketAddr) {
         let recorder = Arc::new(Recorder::default());
         let metrics = Metrics::new(recorder.clone(), state.clone());
+        let workers = Arc::new(Workers::start(1).unwrap());
+        let limits = Limits::default();
         let proxy =
-            Proxy::new(recorder.clone(), state, DrainWatch::never(), metrics, Limits::default());
+            Proxy::new(recorder.clone(), state, DrainWatch::never(), metrics, limits, workers);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(proxy.serve(listener));

@@ -26,6 +26,9 @@ use crate::{
     state::{Lifecycle, Service},
 };
 
+/// Connections per worker (see [`crate::workers::current`]) and endpoint.
+type Upstreams = HashMap<(Option<usize>, SocketAddr), Arc<Upstream>>;
+
 /// What the proxy keeps per service besides its state: selection, the retry budget
 /// (shared by hedges), the latencies hedging is timed by, and the endpoints'
 /// connections.
@@ -37,7 +40,8 @@ pub struct Balancer {
     latencies: Mutex<LatencyWindow>,
     /// Opaque-TCP connections allowed to one endpoint at once.
     pub connection_cap: u32,
-    upstreams: Mutex<HashMap<SocketAddr, Arc<Upstream>>>,
+    /// Each worker dials its own, so a call and its endpoint connection share a thread.
+    upstreams: Mutex<Upstreams>,
 }
 
 impl Balancer {
@@ -61,8 +65,10 @@ impl Balancer {
         balancer
     }
 
+    /// The endpoint's connections of the worker this runs on.
     pub fn upstream(&self, addr: SocketAddr) -> Arc<Upstream> {
-        self.upstreams().entry(addr).or_insert_with(|| Upstream::new(addr)).clone()
+        let key = (crate::workers::current(), addr);
+        self.upstreams().entry(key).or_insert_with(|| Upstream::new(addr)).clone()
     }
 
     /// The retry budget (never held across an await).
@@ -75,7 +81,7 @@ impl Balancer {
         crate::sync::lock(&self.latencies)
     }
 
-    fn upstreams(&self) -> MutexGuard<'_, HashMap<SocketAddr, Arc<Upstream>>> {
+    fn upstreams(&self) -> MutexGuard<'_, Upstreams> {
         crate::sync::lock(&self.upstreams)
     }
 
@@ -83,7 +89,7 @@ impl Balancer {
     /// endpoints that are gone.
     fn sweep(&self) {
         let set = self.service.endpoints();
-        self.upstreams().retain(|addr, upstream| match set.get(addr).map(|e| e.lifecycle()) {
+        self.upstreams().retain(|(_, addr), upstream| match set.get(addr).map(|e| e.lifecycle()) {
             Some(Lifecycle::Ready) => true,
             Some(Lifecycle::Gone) | None => {
                 upstream.close();
