@@ -5,9 +5,11 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
 };
+
+use super::Outcome;
 
 /// Where an endpoint is in its life. Only `Ready` endpoints get new requests.
 #[repr(u8)]
@@ -58,6 +60,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     lifecycle: AtomicU8,
     pub load: Load,
+    /// A failure was reported since the last success that reached the owner.
+    failing: AtomicBool,
 }
 
 /// What the request path measures of an endpoint, for selection.
@@ -75,7 +79,24 @@ pub struct Load {
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, lifecycle: Lifecycle) -> Arc<Self> {
-        Arc::new(Self { addr, lifecycle: AtomicU8::new(lifecycle as u8), load: Load::default() })
+        Arc::new(Self {
+            addr,
+            lifecycle: AtomicU8::new(lifecycle as u8),
+            load: Load::default(),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether `outcome` must reach the owner. A success only resets the failure
+    /// counts of outlier detection, so it need not (a wakeup of another thread per
+    /// call) unless a failure was reported since the last success that did.
+    pub(crate) fn worth_reporting(&self, outcome: &Outcome) -> bool {
+        if outcome.is_success() {
+            self.failing.swap(false, Ordering::AcqRel)
+        } else {
+            self.failing.store(true, Ordering::Release);
+            true
+        }
     }
 
     pub fn lifecycle(&self) -> Lifecycle {
@@ -109,5 +130,26 @@ impl EndpointSet {
 
     pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<Endpoint>> {
         self.all.iter().find(|e| e.addr == *addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::state::LocalOriginFailure;
+
+    #[test]
+    fn only_failures_and_the_first_success_after_them_reach_the_owner() {
+        let endpoint = Endpoint::new(([10, 0, 0, 1], 80).into(), Lifecycle::Ready);
+        let ok = Outcome::Response { status: 200, latency: Duration::from_millis(1) };
+        let unavailable = Outcome::Response { status: 503, latency: Duration::from_millis(1) };
+        let reset = Outcome::LocalOrigin(LocalOriginFailure::Reset);
+        let sent: Vec<bool> = [ok, ok, reset, unavailable, ok, ok, reset, ok]
+            .iter()
+            .map(|o| endpoint.worth_reporting(o))
+            .collect();
+        assert_eq!(sent, [false, false, true, true, true, false, true, true]);
     }
 }

@@ -34,4 +34,9 @@ impl Outcome {
     pub fn is_5xx(&self) -> bool {
         matches!(self, Outcome::Response { status: 500..=599, .. })
     }
+
+    /// A response that resets every consecutive-failure count.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Response { status: ..=499, .. })
+    }
 }

@@ -82,8 +82,11 @@ impl Service {
     }
 
     /// Reports how a request to `endpoint` went. Never blocks; drops the report if the
-    /// owner is that far behind.
+    /// owner is that far behind. Successes with no failure before them are not sent.
     pub fn report(&self, endpoint: &Arc<Endpoint>, outcome: Outcome) {
+        if !endpoint.worth_reporting(&outcome) {
+            return;
+        }
         if let Some(outcomes) = &*self.outcomes.load() {
             let _ = outcomes.try_send((endpoint.clone(), outcome));
         }
