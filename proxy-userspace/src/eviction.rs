@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::evict::destroy_connections_to,
-    discovery::Desired,
+    discovery::{Desired, Listings},
     enroll::Netns,
     metrics::Metrics,
     state::{Lifecycle, Transition},
@@ -37,6 +37,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut known = desired.borrow_and_update().clone();
+    let mut listings = Listings::of(&known);
     let mut suspects = Suspects::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -46,7 +47,7 @@ pub async fn run(
                     return;
                 }
                 let now = desired.borrow_and_update().clone();
-                let gone = now.gone_since(&known);
+                let gone = listings.update(&known, &now);
                 known = now;
                 gone
             }

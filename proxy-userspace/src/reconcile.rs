@@ -41,7 +41,8 @@ pub struct Reconciler {
 }
 
 struct Told {
-    vips: BTreeSet<SocketAddr>,
+    /// In the order discovery gave them.
+    vips: Vec<SocketAddr>,
     enroll: Vec<crate::discovery::Enrollee>,
 }
 
@@ -80,23 +81,26 @@ impl Reconciler {
     }
 
     fn make(&mut self, desired: &Desired) -> Result<(), DatapathError> {
-        let new_vips: BTreeSet<SocketAddr> = desired.services.iter().map(|s| s.vip).collect();
+        // In discovery's order: a change of endpoints alone costs a walk, no set.
+        let vips: Vec<SocketAddr> = desired.services.iter().map(|s| s.vip).collect();
         let told = self.told.take();
-        let same_vips = told.as_ref().is_some_and(|told| told.vips == new_vips);
-        if !same_vips {
+        let same_vips = told.as_ref().is_some_and(|told| told.vips == vips);
+        let new_vips: Option<BTreeSet<SocketAddr>> =
+            (!same_vips).then(|| vips.iter().copied().collect());
+        if let Some(new_vips) = &new_vips {
             let kept: BTreeSet<SocketAddr> =
-                self.state.vips().intersection(&new_vips).copied().collect();
+                self.state.vips().intersection(new_vips).copied().collect();
             self.datapath.set_vips(&kept)?;
         }
         self.state.apply(&desired.services);
-        if !same_vips {
-            self.datapath.set_vips(&new_vips)?;
+        if let Some(new_vips) = &new_vips {
+            self.datapath.set_vips(new_vips)?;
         }
         if told.is_none_or(|told| told.enroll != desired.enroll) {
             self.enrolled.follow(&desired.enroll);
             self.datapath.set_enrolled(&self.enrolled.cookies())?;
         }
-        self.told = Some(Told { vips: new_vips, enroll: desired.enroll.clone() });
+        self.told = Some(Told { vips, enroll: desired.enroll.clone() });
         Ok(())
     }
 

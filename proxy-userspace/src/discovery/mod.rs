@@ -128,43 +128,72 @@ pub trait Discovery: Send + Sync + 'static {
     }
 }
 
-impl Desired {
-    /// The endpoints `before` listed that this state lists nowhere, each with the
-    /// first service that named it. Services this state shares with `before` (the
-    /// same allocation, see [`Desired::services`]) are not looked into, so the cost
-    /// follows what changed, plus one pass over every address when one left.
-    pub fn gone_since(&self, before: &Desired) -> Vec<(String, SocketAddr)> {
-        let same: HashSet<*const DesiredService> = self.services.iter().map(Arc::as_ptr).collect();
-        let same_headless: HashSet<*const HeadlessService> =
-            self.headless.iter().map(Arc::as_ptr).collect();
+/// The elements of `before` that `now` does not share, and those of `now` that
+/// `before` does not, compared by allocation (see [`Desired::services`]). Lists of the
+/// same length are walked side by side, as discovery keeps its order, so the cost
+/// follows the list, not a set of it; an element that only moved may then be listed
+/// on both sides.
+pub fn replaced<'a, T>(
+    before: &'a [Arc<T>],
+    now: &'a [Arc<T>],
+) -> (Vec<&'a Arc<T>>, Vec<&'a Arc<T>>) {
+    if before.len() == now.len() {
+        return before.iter().zip(now).filter(|(b, n)| !Arc::ptr_eq(b, n)).unzip();
+    }
+    let in_now: HashSet<*const T> = now.iter().map(Arc::as_ptr).collect();
+    let in_before: HashSet<*const T> = before.iter().map(Arc::as_ptr).collect();
+    (
+        before.iter().filter(|b| !in_now.contains(&Arc::as_ptr(b))).collect(),
+        now.iter().filter(|n| !in_before.contains(&Arc::as_ptr(n))).collect(),
+    )
+}
+
+/// How many services list each endpoint address, kept from one state to the next at
+/// the cost of what changed.
+#[derive(Debug, Default)]
+pub struct Listings(HashMap<SocketAddr, u32>);
+
+impl Listings {
+    pub fn of(desired: &Desired) -> Self {
+        let mut listings = Self::default();
+        listings.update(&Desired::default(), desired);
+        listings
+    }
+
+    /// Moves from `before` to `now`: returns the endpoints `before` listed that `now`
+    /// lists nowhere, each with the first service that named it.
+    pub fn update(&mut self, before: &Desired, now: &Desired) -> Vec<(String, SocketAddr)> {
+        let (old, new) = replaced(&before.services, &now.services);
+        let (old_headless, new_headless) = replaced(&before.headless, &now.headless);
         let mut left: HashMap<SocketAddr, &str> = HashMap::new();
-        for s in before.services.iter().filter(|s| !same.contains(&Arc::as_ptr(s))) {
-            for e in &s.endpoints {
-                left.entry(e.addr).or_insert(&s.name);
+        let old = old.iter().map(|s| (&s.name, s.endpoints.iter().map(|e| e.addr).collect()));
+        let old_headless = old_headless.iter().map(|s| (&s.name, s.endpoints.clone()));
+        for (name, addrs) in old.chain(old_headless) {
+            for addr in addrs {
+                self.drop_one(addr);
+                left.entry(addr).or_insert(name);
             }
         }
-        for s in before.headless.iter().filter(|s| !same_headless.contains(&Arc::as_ptr(s))) {
-            for &addr in &s.endpoints {
-                left.entry(addr).or_insert(&s.name);
-            }
+        let new = new.iter().flat_map(|s| s.endpoints.iter().map(|e| e.addr));
+        for addr in new.chain(new_headless.iter().flat_map(|s| s.endpoints.iter().copied())) {
+            *self.0.entry(addr).or_default() += 1;
         }
-        if !left.is_empty() {
-            for addr in self.addresses() {
-                if left.remove(&addr).is_some() && left.is_empty() {
-                    break;
-                }
-            }
-        }
-        let mut gone: Vec<(String, SocketAddr)> =
-            left.into_iter().map(|(addr, service)| (service.to_string(), addr)).collect();
+        let mut gone: Vec<(String, SocketAddr)> = left
+            .into_iter()
+            .filter(|(addr, _)| !self.0.contains_key(addr))
+            .map(|(addr, service)| (service.to_string(), addr))
+            .collect();
         gone.sort();
         gone
     }
 
-    /// Every endpoint address, once per service listing it.
-    fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let steered = self.services.iter().flat_map(|s| s.endpoints.iter().map(|e| e.addr));
-        steered.chain(self.headless.iter().flat_map(|s| s.endpoints.iter().copied()))
+    fn drop_one(&mut self, addr: SocketAddr) {
+        if let Some(count) = self.0.get_mut(&addr) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&addr);
+            }
+        }
     }
 }
 
@@ -198,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn gone_since_names_addresses_listed_nowhere_any_more() {
+    fn listings_name_addresses_listed_nowhere_any_more() {
         let (a, b) = (service("a", &[1, 2, 3]), service("b", &[4]));
         let db = Arc::new(HeadlessService {
             name: "db".into(),
@@ -211,12 +240,24 @@ mod tests {
         };
         // a drops 1 and 2; 2 moves to the new service c; b and db are the same.
         let after = Desired {
-            services: vec![service("a", &[3]), b, service("c", &[2])],
+            services: vec![service("a", &[3]), b.clone(), service("c", &[2])],
+            headless: vec![db.clone()],
+            ..Desired::default()
+        };
+        let mut listings = Listings::of(&before);
+        let one: SocketAddr = ([10, 0, 0, 1], 80).into();
+        assert_eq!(listings.update(&before, &after), [("a".to_string(), one)]);
+        assert!(listings.update(&after, &after).is_empty());
+        // The same length and order with one service replaced: 2 leaves c, which
+        // now lists 1, and b (shared) still lists 4.
+        let later = Desired {
+            services: vec![after.services[0].clone(), b, service("c", &[1])],
             headless: vec![db],
             ..Desired::default()
         };
-        assert_eq!(after.gone_since(&before), [("a".to_string(), ([10, 0, 0, 1], 80).into())]);
-        assert!(after.gone_since(&after).is_empty());
-        assert_eq!(Desired::default().gone_since(&after).len(), 4, "all gone");
+        let two: SocketAddr = ([10, 0, 0, 2], 80).into();
+        assert_eq!(listings.update(&after, &later), [("c".to_string(), two)]);
+        assert_eq!(listings.update(&later, &Desired::default()).len(), 4, "all gone");
+        assert!(listings.0.is_empty(), "nothing counted for an empty state");
     }
 }

@@ -31,7 +31,7 @@ pub use outcome::{LocalOriginFailure, Outcome};
 pub use service::Service;
 
 use crate::{
-    discovery::DesiredService,
+    discovery::{DesiredService, replaced},
     health::{Active, Checker},
 };
 use demand::Idleness;
@@ -65,6 +65,8 @@ struct Started {
 pub struct State {
     table: ArcSwap<HashMap<SocketAddr, Arc<Service>>>,
     owned: std::sync::Mutex<HashMap<SocketAddr, OwnedService>>,
+    /// The services of the last [`State::apply`], in its order.
+    applied: std::sync::Mutex<Vec<Arc<DesiredService>>>,
     transitions: broadcast::Sender<Transition>,
     checker: Arc<dyn Checker>,
     /// How long a started service may go without a connection before it stops.
@@ -87,6 +89,7 @@ impl State {
         Self {
             table: ArcSwap::default(),
             owned: Default::default(),
+            applied: Default::default(),
             transitions: broadcast::Sender::new(TRANSITION_BUFFER),
             checker,
             idle: DEFAULT_IDLE,
@@ -154,6 +157,32 @@ impl State {
     pub fn apply<D: Clone + Into<Arc<DesiredService>>>(&self, desired: &[D]) {
         let desired: Vec<Arc<DesiredService>> = desired.iter().cloned().map(Into::into).collect();
         let mut owned = crate::sync::lock(&self.owned);
+        let mut applied = crate::sync::lock(&self.applied);
+        let (old, new) = replaced(&applied, &desired);
+        let in_place = applied.len() == desired.len()
+            && old
+                .iter()
+                .zip(&new)
+                .all(|(o, n)| (o.vip, &o.name, o.protocol) == (n.vip, &n.name, n.protocol));
+        if in_place {
+            // The same services in the same order, some in new versions: only those
+            // are looked at, so a change costs what changed, not what is known.
+            for d in new {
+                if let Some(o) = owned.get_mut(&d.vip) {
+                    self.refresh(o, d.clone());
+                }
+            }
+        } else {
+            self.replace_all(&mut owned, &desired);
+        }
+        *applied = desired;
+    }
+
+    fn replace_all(
+        &self,
+        owned: &mut HashMap<SocketAddr, OwnedService>,
+        desired: &[Arc<DesiredService>],
+    ) {
         let wanted: HashMap<SocketAddr, &Arc<DesiredService>> =
             desired.iter().map(|d| (d.vip, d)).collect();
         let before = owned.len();
@@ -173,17 +202,22 @@ impl State {
                 let service = Service::new(&d.name, d.vip, d.protocol, d.policy.clone());
                 OwnedService { service, desired: d.clone(), owner: None }
             });
-            if !Arc::ptr_eq(&o.desired, &d) && *o.desired != *d {
-                self.update(o, &d);
-            }
-            o.desired = d;
-            if always_in_use(&o.desired) && o.owner.is_none() {
-                self.spawn(o);
-            }
+            self.refresh(o, d.clone());
         }
         if changed {
             let table = owned.iter().map(|(vip, o)| (*vip, o.service.clone())).collect();
             self.table.store(Arc::new(table));
+        }
+    }
+
+    /// Makes a known service what `d` says, starting it if it is always in use.
+    fn refresh(&self, o: &mut OwnedService, d: Arc<DesiredService>) {
+        if !Arc::ptr_eq(&o.desired, &d) && *o.desired != *d {
+            self.update(o, &d);
+        }
+        o.desired = d;
+        if always_in_use(&o.desired) && o.owner.is_none() {
+            self.spawn(o);
         }
     }
 

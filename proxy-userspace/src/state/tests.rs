@@ -241,3 +241,31 @@ async fn a_cold_first_call_does_not_wait_when_every_check_failed_or_checks_are_o
     assert!(!call.endpoints().starting);
     assert_eq!(call.endpoints().ready.len(), 2, "ready on discovery's word at once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_change_in_place_updates_that_service_and_a_rename_or_removal_replaces_it() {
+    let state = State::with_checker(Arc::new(Manual));
+    let other = DesiredService { vip: "10.96.0.2:80".parse().unwrap(), ..service(false, &[]) };
+    let ready = [("10.10.0.2:80", Condition::Ready)];
+    state.apply(&[service(false, &[]), other.clone()]);
+    let echo = state.open(&vip()).expect("echo exists");
+    let kept = state.lookup(&other.vip).expect("other exists");
+
+    // Same services, same order, echo's endpoints changed: echo hears of it.
+    state.apply(&[service(false, &ready), other.clone()]);
+    until(&echo, |set| set.ready.len() == 1).await;
+    assert!(Arc::ptr_eq(&state.lookup(&vip()).unwrap(), &echo), "the same service");
+
+    // Renamed at the same VIP: a new service; the other one is kept.
+    let renamed = DesiredService { name: "echo2".into(), ..service(false, &ready) };
+    state.apply(&[renamed, other.clone()]);
+    let now = state.lookup(&vip()).expect("echo2 exists");
+    assert_eq!(&*now.name, "echo2");
+    assert!(!Arc::ptr_eq(&now, &echo));
+    assert!(Arc::ptr_eq(&state.lookup(&other.vip).unwrap(), &kept));
+
+    // One service fewer: it is gone.
+    state.apply(&[other]);
+    assert!(state.lookup(&vip()).is_none());
+    assert!(Arc::ptr_eq(&state.lookup(&kept.vip).unwrap(), &kept));
+}
