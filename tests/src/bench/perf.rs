@@ -33,7 +33,8 @@ impl SyscallCount {
     pub fn start(pids: &[u32]) -> anyhow::Result<Self> {
         let scratch = Scratch::new("syscalls")?;
         let (control, ack) = (scratch.path("control"), scratch.path("ack"));
-        let status = Command::new("mkfifo").arg(&control).arg(&ack).status()?;
+        let status =
+            Command::new("mkfifo").arg(&control).arg(&ack).status().context("running mkfifo")?;
         if !status.success() {
             bail!("mkfifo {}: {status}", control.display());
         }
