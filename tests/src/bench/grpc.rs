@@ -67,8 +67,9 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     let usage = Usage::of(agent.proc().pid())?;
     let agent_ok: u64 = agent_rounds.iter().map(|r| r.ok).sum();
 
-    let (max_rate_direct, _) = ramp(client, direct, &options.ramp, "ramp direct")?;
-    let (max_rate_agent, _) = ramp(client, vip, &options.ramp, "ramp agent")?;
+    let max_rate_direct =
+        ramp(client, direct, &options.ramp, "ramp direct")?.max_rate(SUSTAINED_P99_US);
+    let max_rate_agent = ramp(client, vip, &options.ramp, "ramp agent")?.max_rate(SUSTAINED_P99_US);
     Ok(Results {
         rate: options.rate,
         calls_per_path: agent_rounds.iter().map(|r| r.sent).sum(),

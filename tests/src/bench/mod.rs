@@ -5,16 +5,20 @@ pub mod accel;
 pub mod grpc;
 pub mod load;
 pub mod peers;
+pub mod perf;
+pub mod profile;
 pub mod scale;
 pub mod tcp;
+pub mod usage;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use anyhow::Context as _;
+pub use usage::Usage;
 
-use crate::{Pod, grpc::load::LoadReport, grpc_node::finish_load};
+use crate::{Pod, Proc, grpc::load::LoadReport, grpc_node::finish_load};
 
-/// A rate is sustained when every call succeeds and p99 stays under this.
+/// A rate is sustained when every call succeeds and p99 stays under this (the ramp
+/// stops at the first rate that is not; a suite may judge its steps by a tighter bound).
 pub const SUSTAINED_P99_US: u64 = 20_000;
 
 /// Open-loop load from `pod` to `to` for `duration`, and its report.
@@ -24,22 +28,26 @@ pub fn load(
     rate: u32,
     duration: Duration,
 ) -> anyhow::Result<LoadReport> {
-    let proc = pod.start_grpc_load_with(to, rate, duration, &["--max-in-flight", "2000"])?;
-    finish_load(proc)
+    finish_load(start_load(pod, to, rate, duration)?)
 }
 
-/// Runs each rate of `rates` for 2 s until one is not sustained: the highest rate
-/// sustained, and p99 at each rate tried.
-pub fn ramp(
+/// [`load`], started: finish it with [`finish_load`].
+pub fn start_load(
     pod: &Pod,
     to: SocketAddr,
-    rates: &[u32],
-    path: &str,
-) -> anyhow::Result<(u32, Vec<(u32, u64)>)> {
-    let (mut best, mut points) = (0, Vec::new());
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<Proc> {
+    pod.start_grpc_load_with(to, rate, duration, &["--max-in-flight", "2000"])
+}
+
+/// Runs each rate of `rates` for 2 s until one is not sustained (under
+/// [`SUSTAINED_P99_US`]): every step tried.
+pub fn ramp(pod: &Pod, to: SocketAddr, rates: &[u32], path: &str) -> anyhow::Result<Ramp> {
+    let mut steps = Vec::new();
     for &rate in rates {
         let r = load(pod, to, rate, Duration::from_secs(2))?;
-        points.push((rate, r.latency_us.p99));
+        steps.push(Step { rate, p99_us: r.latency_us.p99, failed: r.failed });
         let sustained = r.failed == 0 && r.latency_us.p99 < SUSTAINED_P99_US;
         say(&format!(
             "{path}: {rate} calls/s -> p99 {} µs, {} failed{}",
@@ -50,50 +58,41 @@ pub fn ramp(
         if !sustained {
             break;
         }
-        best = rate;
     }
-    Ok((best, points))
+    Ok(Ramp { steps })
+}
+
+/// The steps of a ramp, in the order tried.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ramp {
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step {
+    pub rate: u32,
+    pub p99_us: u64,
+    pub failed: u64,
+}
+
+impl Ramp {
+    /// The highest rate before the first step that failed a call or had p99 at or over
+    /// `p99_limit_us` (0 when the first step did). The ramp stops at
+    /// [`SUSTAINED_P99_US`], so a limit above it answers as that one does.
+    pub fn max_rate(&self, p99_limit_us: u64) -> u32 {
+        let sustained = |s: &&Step| s.failed == 0 && s.p99_us < p99_limit_us;
+        self.steps.iter().take_while(sustained).last().map_or(0, |s| s.rate)
+    }
+
+    /// p99 at each rate tried.
+    pub fn p99_us(&self) -> Vec<(u32, u64)> {
+        self.steps.iter().map(|s| (s.rate, s.p99_us)).collect()
+    }
 }
 
 /// Progress, on stderr.
 pub fn say(line: &str) {
     eprintln!("bench: {line}");
-}
-
-/// What the kernel says a process has used.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct Usage {
-    /// User plus system CPU time, in seconds.
-    pub cpu_seconds: f64,
-    /// Resident set size now, and its peak, in KiB.
-    pub rss_kib: u64,
-    pub peak_rss_kib: u64,
-}
-
-impl Usage {
-    pub fn of(pid: u32) -> anyhow::Result<Self> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading /proc/{pid}/stat"))?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the line; 12 and 13 after `) `.
-        let ticks: u64 =
-            fields.get(11..13).into_iter().flatten().filter_map(|f| f.parse::<u64>().ok()).sum();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Self {
-            cpu_seconds: ticks as f64 / crate::sys::clock_ticks_per_second() as f64,
-            rss_kib: kib("VmRSS:"),
-            peak_rss_kib: kib("VmHWM:"),
-        })
-    }
 }
 
 /// Writes a suite's results as JSON under `results/` of the workspace.
@@ -108,4 +107,29 @@ pub fn save(name: &str, results: &impl serde::Serialize) -> anyhow::Result<std::
 /// `a / b`, or 0 when there is no baseline.
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Ramp, Step};
+
+    #[test]
+    fn max_rate_is_the_last_step_before_the_first_over_the_limit() {
+        let step = |rate, p99_us, failed| Step { rate, p99_us, failed };
+        let ramp = Ramp {
+            steps: vec![
+                step(1000, 900, 0),
+                step(2000, 4_000, 0),
+                step(4000, 6_000, 0),
+                step(8000, 3_000, 0),
+                step(16000, 25_000, 0),
+            ],
+        };
+        assert_eq!(ramp.max_rate(20_000), 8000);
+        assert_eq!(ramp.max_rate(5_000), 2000, "a later step under the limit does not count");
+        assert_eq!(ramp.max_rate(900), 0);
+        let failing = Ramp { steps: vec![step(1000, 900, 0), step(2000, 1_000, 3)] };
+        assert_eq!(failing.max_rate(5_000), 1000, "a failed call ends the sustained rates");
+        assert_eq!(Ramp::default().max_rate(5_000), 0);
+    }
 }

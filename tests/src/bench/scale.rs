@@ -309,7 +309,7 @@ fn updates(
                 let start = Instant::now();
                 while !stop_bg.load(Ordering::Relaxed) && !unused.is_empty() {
                     let s = &unused[n % unused.len()];
-                    api.apply(slice(s, Some((n % ENDPOINTS, n % 2 == 0))))?;
+                    api.apply(slice(s, Some((n % ENDPOINTS, n.is_multiple_of(2)))))?;
                     n += 1;
                     let due = start + Duration::from_secs_f64(n as f64 / f64::from(rate));
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {

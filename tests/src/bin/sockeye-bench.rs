@@ -14,8 +14,11 @@ sockeye-bench [grpc] [peers] [accel] [tcp] [load] [scale] [--rate N] [--seconds 
                 RSS, and the maximum sustained rate of each path
   peers         the same load to a Service of three backends, side by side: direct to
                 one Pod, kube-proxy DNAT, sockeye with hedging off and on, HAProxy and
-                nginx (agent CPU per 1k calls and the extra tries hedging sent); a
-                markdown table and a plot in results/
+                nginx: latency, the highest rate with p99 under 20 ms and under 5 ms,
+                and per call each proxy's CPU (user, system), context switches and
+                system calls (with perf), and the extra tries hedging sent; a markdown
+                table, a plot and a profile of the agent (perf, folded stacks) in
+                results/
   accel         the Pod→agent hop with socket acceleration off and on (round trips of
                 100 bytes and 64 MiB streams over 8 connections, agent CPU), and connect
                 latency: direct, sockeye's connect steering, an iptables REDIRECT rule
@@ -97,14 +100,25 @@ fn run() -> anyhow::Result<()> {
             round: options.round,
             ramp: options.ramp.clone(),
         };
-        let results = bench::peers::run(&peers_options)?;
-        let table = bench::peers::table(&results);
+        let outcome = bench::peers::run(&peers_options)?;
+        let mut table = bench::peers::table(&outcome.paths);
         println!("\n== gRPC unary at {} calls/s to 3 backends ==\n\n{table}", options.rate);
-        let path = bench::save("bench-peers", &results)?;
+        let path = bench::save("bench-peers", &outcome.paths)?;
         let dir = path.parent().expect("a results folder");
+        if let Some(profile) = &outcome.profile {
+            let summary = bench::peers::profile_summary(profile, options.rate);
+            println!("{summary}");
+            table.push_str(&summary);
+            std::fs::write(dir.join("sockeye-profile.folded"), profile.folded())?;
+        }
         std::fs::write(dir.join("bench-peers.md"), &table)?;
-        std::fs::write(dir.join("bench-peers.svg"), bench::peers::plot(&results, &options.ramp))?;
-        println!("results saved to {} (and bench-peers.md, bench-peers.svg)", path.display());
+        let plot = bench::peers::plot(&outcome.paths, &options.ramp);
+        std::fs::write(dir.join("bench-peers.svg"), plot)?;
+        let profiled = if outcome.profile.is_some() { ", sockeye-profile.folded" } else { "" };
+        println!(
+            "results saved to {} (and bench-peers.md, bench-peers.svg{profiled})",
+            path.display()
+        );
     }
     if accel {
         let accel_options = bench::accel::Options { round: options.round, connections: 8 };
