@@ -509,21 +509,12 @@ async fn count_transitions(
 mod tests {
     use super::*;
     use crate::{
-        config::{Policy, Protocol},
-        discovery::{Condition, DesiredEndpoint, DesiredService},
+        config::Protocol,
+        discovery::{Condition, DesiredService},
     };
 
     fn service(name: &str, vip: &str) -> DesiredService {
-        DesiredService {
-            name: name.into(),
-            vip: vip.parse().unwrap(),
-            protocol: Protocol::Tcp,
-            policy: Policy::default(),
-            endpoints: vec![DesiredEndpoint {
-                addr: "10.10.0.11:80".parse().unwrap(),
-                condition: Condition::Ready,
-            }],
-        }
+        DesiredService::one_endpoint(name, vip)
     }
 
     /// A state whose health checks never report, and one service with one endpoint.

@@ -168,23 +168,14 @@ impl Reconciler {
 mod tests {
     use super::*;
     use crate::{
-        config::{Capacity, Policy, Protocol},
+        config::Capacity,
         datapath::Recorder,
-        discovery::{Condition, DesiredEndpoint, DesiredService, Enrollee},
+        discovery::{DesiredService, Enrollee},
         health::Manual,
     };
 
     fn service(name: &str, vip: &str) -> Arc<DesiredService> {
-        Arc::new(DesiredService {
-            name: name.into(),
-            vip: vip.parse().unwrap(),
-            protocol: Protocol::Tcp,
-            policy: Policy::default(),
-            endpoints: vec![DesiredEndpoint {
-                addr: "10.10.0.11:80".parse().unwrap(),
-                condition: Condition::Ready,
-            }],
-        })
+        Arc::new(DesiredService::one_endpoint(name, vip))
     }
 
     fn services(n: usize) -> Vec<Arc<DesiredService>> {

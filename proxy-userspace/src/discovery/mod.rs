@@ -55,6 +55,23 @@ pub struct DesiredService {
     pub endpoints: Vec<DesiredEndpoint>,
 }
 
+#[cfg(test)]
+impl DesiredService {
+    /// A TCP service at `vip` with one Ready endpoint, for tests.
+    pub fn one_endpoint(name: &str, vip: &str) -> Self {
+        Self {
+            name: name.into(),
+            vip: vip.parse().expect("a VIP"),
+            protocol: Protocol::Tcp,
+            policy: Policy::default(),
+            endpoints: vec![DesiredEndpoint {
+                addr: "10.10.0.11:80".parse().expect("an address"),
+                condition: Condition::Ready,
+            }],
+        }
+    }
+}
+
 /// A Service without a VIP and its endpoints' addresses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeadlessService {
