@@ -81,17 +81,21 @@ async fn watch_until_end(
     }
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
-    // Watch speaks only on change, so a status that holds is counted again each
-    // interval: a backend back to SERVING passes `healthy_threshold` checks in a row.
+    // Watch speaks only on change, so a SERVING that holds is counted again each
+    // interval until it makes `healthy_threshold` checks in a row; past that another
+    // pass changes nothing, and the endpoint costs only its connection's pings.
     let mut last = None;
+    let mut repeats = 0;
     let mut ticker = tokio::time::interval(pause(policy));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.reset();
     loop {
+        let repeating = last == Some(Check::Pass) && repeats < policy.healthy_threshold;
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            _ = ticker.tick() => {
-                if last == Some(Check::Pass) && results.send((addr, Check::Pass)).is_err() {
+            _ = ticker.tick(), if repeating => {
+                repeats += 1;
+                if results.send((addr, Check::Pass)).is_err() {
                     return Watched::Stopped;
                 }
                 continue;
@@ -115,7 +119,8 @@ async fn watch_until_end(
                     // A backend that answers garbage is not healthy.
                     Err(_) => return Watched::Ended,
                 };
-                last = Some(check);
+                (last, repeats) = (Some(check), 0);
+                ticker.reset();
                 if results.send((addr, check)).is_err() {
                     return Watched::Stopped;
                 }

@@ -37,10 +37,13 @@ async fn grpc_watch_sees_not_serving_at_once() {
     let (tx, mut results) = mpsc::unbounded_channel();
     let checker = Active.start(addr, Protocol::Grpc, policy(), tx);
     // SERVING, then silence from Watch: the status still counts once per interval, so
-    // a backend coming back passes healthy_threshold checks.
-    for _ in 0..3 {
+    // a backend coming back passes healthy_threshold checks; then no more (a pass
+    // past the threshold changes nothing).
+    for _ in 0..=policy().healthy_threshold {
         assert_eq!(next(&mut results).await, Check::Pass);
     }
+    let quiet = tokio::time::timeout(policy().interval * 4, results.recv()).await;
+    assert!(quiet.is_err(), "SERVING repeated past the threshold: {quiet:?}");
     let flipped = Instant::now();
     reporter.set_service_status("", ServingStatus::NotServing).await;
     let first_fail = loop {
