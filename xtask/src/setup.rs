@@ -155,10 +155,11 @@ fn mounted(fs_type: &str, at: &Path) -> bool {
 }
 
 /// The peers `cargo xtask bench` measures sockeye against: HAProxy and nginx, from
-/// Debian's packages. Their services are not started (a `policy-rc.d` that says no is
+/// Debian's packages, and perf for its system-call counts and profile. Their services
+/// are not started (a `policy-rc.d` that says no is
 /// in place during the install): the benchmark runs its own instances in a sandbox.
 fn bench_peers(installed: &mut Vec<String>) -> Result<(), String> {
-    const PEERS: [&str; 2] = ["haproxy", "nginx-light"];
+    const PEERS: [&str; 3] = ["haproxy", "nginx-light", "linux-perf"];
     let missing: Vec<&str> = PEERS.into_iter().filter(|p| !package_installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
