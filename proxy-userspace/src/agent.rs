@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub admin: Option<SocketAddr>,
     pub kernel_debug_log: bool,
     pub accel: bool,
+    /// Data-plane threads; `None`: one per CPU the agent may use.
+    pub workers: Option<usize>,
 }
 
 /// Where services, endpoints and enrolled namespaces come from.
@@ -119,7 +121,14 @@ async fn run_with(
     // predecessor: a failure then must leave them as they are.
     let mut owner = matches!(start, Start::Bound(..));
     let place = Place { cgroup: &cgroup, pin_dir: &options.bpffs };
-    let result = serve(kernel.clone(), &discovery, start, &config, place, &mut owner).await;
+    let workers = match options.workers {
+        Some(count) => Workers::start(count),
+        None => Workers::per_core(),
+    };
+    let workers = Arc::new(workers.context("starting the data-plane threads (--workers)")?);
+    info!(workers = workers.count(), "data-plane threads started");
+    let result =
+        serve(kernel.clone(), &discovery, start, &config, place, workers, &mut owner).await;
     match result {
         Ok(Ending::Stopped) if owner => kernel.detach().context("detaching the kernel programs"),
         Err(err) if owner => {
@@ -200,6 +209,7 @@ async fn serve(
     start: Start,
     config: &Config,
     place: Place<'_>,
+    workers: Arc<Workers>,
     owner: &mut bool,
 ) -> anyhow::Result<Ending> {
     let readiness = Arc::new(Readiness::default());
@@ -223,7 +233,6 @@ async fn serve(
         Start::TakeOver(predecessor) => (Err(predecessor), None),
     };
     let (drain, drain_watch) = Drain::new();
-    let workers = Arc::new(Workers::per_core().context("starting the worker threads")?);
     let proxy = Proxy::new(
         kernel.clone(),
         state.clone(),

@@ -69,6 +69,10 @@ struct RunArgs {
     /// says so and uses plain TCP.
     #[arg(long, value_enum, default_value_t = Toggle::Off)]
     accel: Toggle,
+    /// Data-plane threads, each serving its connections start to end with upstream
+    /// connections of its own [default: the CPUs the agent may use].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
     /// RUST_LOG, when set, takes precedence. At debug the kernel programs log too.
     #[arg(long, value_name = "FILTER", default_value = "info")]
@@ -115,7 +119,13 @@ fn main() -> ExitCode {
         let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
         tracing::error!("panic{at}: {}", sockeye::panic_message(info.payload()));
     }));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The control plane (discovery, health checks, accept); the data plane has its
+    // own threads (`--workers`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CONTROL_THREADS)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -139,6 +149,7 @@ fn main() -> ExitCode {
         admin: args.admin,
         kernel_debug_log,
         accel: args.accel == Toggle::On,
+        workers: args.workers.map(usize::from),
     };
     match runtime.block_on(agent::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,6 +159,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Threads of the control plane's runtime.
+const CONTROL_THREADS: usize = 2;
 
 /// Prints a command's result; an error goes to stderr and exits 1.
 fn print(result: anyhow::Result<String>) -> ExitCode {

@@ -54,6 +54,10 @@ impl Workers {
         Self::start(std::thread::available_parallelism().map_or(1, usize::from))
     }
 
+    pub fn count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The runtimes, for tasks that must run on each (the liveness pulse).
     pub fn handles(&self) -> impl Iterator<Item = &Handle> {
         self.workers.iter().map(|w| &w.handle)

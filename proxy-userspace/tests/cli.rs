@@ -16,8 +16,17 @@ fn help_lists_the_commands_and_flags_that_exist() {
     assert!(text.contains("run"), "{text}");
     let (ok, text) = sockeye(&["run", "--help"]);
     assert!(ok, "{text}");
-    for flag in ["--config", "--cgroup", "--bpffs", "--log-level", "--log-format"] {
+    for flag in ["--config", "--cgroup", "--bpffs", "--workers", "--log-level", "--log-format"] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn a_worker_count_out_of_range_is_refused() {
+    for count in ["0", "1025", "many"] {
+        let (ok, text) = sockeye(&["run", "--config", "/dev/null", "--workers", count]);
+        assert!(!ok);
+        assert!(text.contains("--workers"), "{count}: {text}");
     }
 }
 
