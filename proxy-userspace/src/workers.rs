@@ -136,3 +136,60 @@ impl Drop for OpenGuard {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{net::TcpListener, sync::mpsc};
+
+    use super::*;
+
+    /// A connected socket, as the accept loop would hand over.
+    async fn accepted(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn connections_spread_over_the_workers_and_end_when_they_stop() {
+        let workers = Workers::start(2).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (served, mut on) = mpsc::unbounded_channel();
+        let (dropped, mut gone) = mpsc::unbounded_channel::<()>();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            let (client, stream) = accepted(&listener).await;
+            clients.push(client);
+            let (served, dropped) = (served.clone(), dropped.clone());
+            workers.serve(stream, move |stream| async move {
+                let _guard = OnDrop(dropped);
+                served.send((current(), stream.local_addr().is_ok())).unwrap();
+                std::future::pending::<()>().await;
+            });
+        }
+        let mut per_worker = [0; 2];
+        for _ in 0..4 {
+            let (worker, registered) = on.recv().await.unwrap();
+            assert!(registered, "the stream works on its worker");
+            per_worker[worker.expect("served on a worker thread")] += 1;
+        }
+        assert_eq!(per_worker, [2, 2], "the least loaded worker takes the next connection");
+        assert_eq!(current(), None, "the test's own thread is no worker");
+
+        workers.stop();
+        for _ in 0..4 {
+            let ended = tokio::time::timeout(Duration::from_secs(5), gone.recv()).await;
+            assert!(ended.is_ok(), "a connection outlived its stopped worker");
+        }
+    }
+
+    struct OnDrop(mpsc::UnboundedSender<()>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+}
