@@ -3,7 +3,14 @@
 //! dead or frozen peer (one that neither answers nor resets) within [`KEEPALIVE`]
 //! twice over: a stream to a killed endpoint fails that fast, never stalls.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response};
@@ -59,8 +66,12 @@ pub struct Upstream {
     live: ArcSwapOption<http2::SendRequest<ProxyBody>>,
     /// The sockets of every connection still open, retired ones included.
     sockets: Sockets,
-    /// One HTTP/2 connect at a time per endpoint.
-    connecting: tokio::sync::Mutex<()>,
+    /// One HTTP/2 connect at a time per endpoint; holds how the last one failed.
+    connecting: tokio::sync::Mutex<Option<SendError>>,
+    /// HTTP/2 connects that failed so far. A request that waited for a connect in
+    /// flight fails with it rather than trying its own: against an endpoint that drops
+    /// SYNs, each waiter would otherwise add a whole connect timeout to its wait.
+    failed_connects: AtomicU64,
     /// Turns true when the endpoint is gone: requests in flight to it give up.
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -73,6 +84,7 @@ impl Upstream {
             live: ArcSwapOption::empty(),
             sockets: Sockets::default(),
             connecting: Default::default(),
+            failed_connects: AtomicU64::new(0),
             closed: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -111,10 +123,34 @@ impl Upstream {
         if let Some(sender) = self.ready_sender() {
             return Ok(sender);
         }
-        let _one = self.connecting.lock().await;
+        let failed_before = self.failed_connects.load(Ordering::Acquire);
+        let mut last_failure = self.connecting.lock().await;
         if let Some(sender) = self.ready_sender() {
             return Ok(sender);
         }
+        if let Some(failure) = *last_failure
+            && self.failed_connects.load(Ordering::Acquire) != failed_before
+        {
+            return Err(failure);
+        }
+        match self.h2_connect(connect_timeout).await {
+            Ok(sender) => {
+                *last_failure = None;
+                self.live.store(Some(Arc::new(sender.clone())));
+                Ok(sender)
+            }
+            Err(failure) => {
+                *last_failure = Some(failure);
+                self.failed_connects.fetch_add(1, Ordering::Release);
+                Err(failure)
+            }
+        }
+    }
+
+    async fn h2_connect(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<ProxyBody>, SendError> {
         let stream = self.connect(connect_timeout).await?;
         let (sender, connection) =
             h2_client(KEEPALIVE).handshake(TokioIo::new(stream)).await.map_err(|err| {
@@ -122,7 +158,6 @@ impl Upstream {
                 SendError::Reset
             })?;
         self.run(connection);
-        self.live.store(Some(Arc::new(sender.clone())));
         Ok(sender)
     }
 
@@ -219,4 +254,53 @@ fn classify(err: hyper::Error) -> SendError {
         .and_then(h2::Error::reason)
         .is_some_and(|r| r == h2::Reason::REFUSED_STREAM);
     if refused { SendError::Refused } else { SendError::Reset }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{net::TcpSocket, time::Instant};
+
+    use super::*;
+    use crate::proxy::body;
+
+    const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+
+    /// A request to `upstream` over HTTP/2, as a task.
+    fn send(upstream: &Arc<Upstream>) -> tokio::task::JoinHandle<Result<(), SendError>> {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let req = Request::builder()
+                .version(http::Version::HTTP_2)
+                .uri("http://greeter/")
+                .body(body::empty())
+                .unwrap();
+            upstream.send(req, CONNECT_TIMEOUT).await.map(drop)
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_waiting_for_a_connect_that_times_out_fail_with_it() {
+        // A listener whose accept queue is full: the kernel drops further SYNs, so a
+        // connect hangs as it does to a Pod whose network is gone.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _queued = TcpStream::connect(addr).await.unwrap();
+        let upstream = Upstream::new(addr);
+
+        let started = Instant::now();
+        let sends: Vec<_> = (0..3).map(|_| send(&upstream)).collect();
+        for send in sends {
+            let failure = send.await.unwrap();
+            assert_eq!(failure, Err(SendError::Connect(LocalOriginFailure::ConnectTimeout)));
+        }
+        assert_eq!(started.elapsed(), CONNECT_TIMEOUT, "the waiters did not dial again");
+
+        // A request after the failure dials anew.
+        let started = Instant::now();
+        let again = send(&upstream).await.unwrap();
+        assert_eq!(again, Err(SendError::Connect(LocalOriginFailure::ConnectTimeout)));
+        assert_eq!(started.elapsed(), CONNECT_TIMEOUT);
+    }
 }
