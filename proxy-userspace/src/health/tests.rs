@@ -65,6 +65,74 @@ async fn grpc_watch_sees_not_serving_at_once() {
     checker.abort();
 }
 
+/// A tonic health server reporting SERVING, behind a relay whose `freeze` stops
+/// every byte both ways, as a SIGSTOPped backend's kernel would hold them unread.
+async fn freezable_health_server() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let _reporter = reporter;
+        tonic::transport::Server::builder().serve_with_incoming(health, incoming).await
+    });
+    let relay = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = relay.accept().await {
+            let mut frozen = frozen.clone();
+            tokio::spawn(async move {
+                let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+                let (mut client, mut upstream) = (client, upstream);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
+                    _ = async { frozen.wait_for(|f| *f).await.map(drop) } => {}
+                }
+                // Frozen: both sockets stay open, and nothing moves.
+                std::future::pending::<()>().await;
+                drop((client, upstream));
+            });
+        }
+    });
+    (addr, freeze)
+}
+
+#[tokio::test]
+async fn grpc_watch_on_a_frozen_backend_fails_within_two_timeouts() {
+    let (addr, freeze) = freezable_health_server().await;
+    let policy = HealthPolicy { timeout: Duration::from_millis(200), ..policy() };
+    let (tx, mut results) = mpsc::unbounded_channel();
+    let checker = Active.start(addr, Protocol::Grpc, policy.clone(), tx);
+    for _ in 0..=policy.healthy_threshold {
+        assert_eq!(next(&mut results).await, Check::Pass);
+    }
+    // Silent and answering pings: no finding for several timeouts.
+    let quiet = tokio::time::timeout(policy.timeout * 4, results.recv()).await;
+    assert!(quiet.is_err(), "a live, silent Watch was reported: {quiet:?}");
+
+    let frozen = Instant::now();
+    freeze.send_replace(true);
+    assert_eq!(next(&mut results).await, Check::Fail);
+    let took = frozen.elapsed();
+    assert!(took < policy.timeout * 3, "the frozen backend was found after {took:?}");
+    checker.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_of_all_checks_fall_on_the_same_instants() {
+    let period = Duration::from_millis(1000);
+    let mut first = grpc::beat(period);
+    let a = first.tick().await;
+    tokio::time::sleep(Duration::from_millis(370)).await;
+    let mut second = grpc::beat(period);
+    let b = second.tick().await;
+    assert_eq!(b, a + period, "the later check's first ping waits for the shared beat");
+    assert_eq!(first.tick().await, b);
+    assert_eq!(second.tick().await, b + period);
+}
+
 #[tokio::test]
 async fn tcp_and_http_checks_pass_and_fail() {
     let open = TcpListener::bind("127.0.0.1:0").await.unwrap();

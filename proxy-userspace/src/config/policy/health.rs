@@ -17,7 +17,8 @@ pub struct HealthPolicy {
     /// Time between checks (between reconnects of a Watch). Default 1s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub interval: Duration,
-    /// How long one check may take. Default 1s.
+    /// How long one check may take, and the ping period of a Watch's connection (a
+    /// ping unanswered by the next fails the check). Default 1s.
     #[serde(deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
     /// Up to this much is added to each interval at random, so checks of many
