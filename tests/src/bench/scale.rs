@@ -57,6 +57,8 @@ pub struct Run {
     /// After the used Services ran under load and went quiet.
     pub rss_used_kib: u64,
     pub peak_rss_kib: u64,
+    /// CPU at ready, before any call: what knowing the Services costs.
+    pub ready_cpu_percent: f64,
     /// CPU while nothing is sent, the used Services still started.
     pub idle_cpu_percent: f64,
     pub calls: u64,
@@ -146,6 +148,7 @@ fn run_one(source: Source, known: usize, o: &Options) -> anyhow::Result<Run> {
     let sync_ms = started.elapsed().as_millis() as u64;
     let pid = agent.proc().pid();
     let rss_ready_kib = Usage::of(pid)?.rss_kib;
+    let ready_cpu_percent = cpu_percent(pid, o.window)?;
 
     // Light load: two calls a second to each used Service, for 10 s.
     let to: Vec<String> = (0..used).map(|i| vip(i).to_string()).collect();
@@ -167,11 +170,7 @@ fn run_one(source: Source, known: usize, o: &Options) -> anyhow::Result<Run> {
     }
 
     std::thread::sleep(Duration::from_secs(2));
-    let before = Usage::of(pid)?;
-    std::thread::sleep(o.window);
-    let after = Usage::of(pid)?;
-    let idle_cpu_percent =
-        (after.cpu_seconds - before.cpu_seconds) / o.window.as_secs_f64() * 100.0;
+    let idle_cpu_percent = cpu_percent(pid, o.window)?;
     let (connections_used, connections_unused) = connections(&agent)?;
     let services_started = agent.log().matches("starting: a connection arrived").count();
 
@@ -186,8 +185,9 @@ fn run_one(source: Source, known: usize, o: &Options) -> anyhow::Result<Run> {
         used,
         sync_ms,
         rss_ready_kib,
-        rss_used_kib: after.rss_kib,
+        rss_used_kib: Usage::of(pid)?.rss_kib,
         peak_rss_kib: Usage::of(pid)?.peak_rss_kib,
+        ready_cpu_percent,
         idle_cpu_percent,
         calls: load.sent,
         failed_calls: load.failed,
@@ -198,6 +198,13 @@ fn run_one(source: Source, known: usize, o: &Options) -> anyhow::Result<Run> {
         update_p99_ms,
         updates_timed,
     })
+}
+
+/// The share of a core process `pid` used over the next `window`.
+fn cpu_percent(pid: u32, window: Duration) -> anyhow::Result<f64> {
+    let before = Usage::of(pid)?.cpu_seconds;
+    std::thread::sleep(window);
+    Ok((Usage::of(pid)?.cpu_seconds - before) / window.as_secs_f64() * 100.0)
 }
 
 /// The agent's TCP sockets to endpoints (its network namespace's, by remote
@@ -448,7 +455,7 @@ fn duration_ms(text: &str) -> Option<f64> {
 /// The results as a markdown table: each run beside the baseline.
 pub fn table(runs: &[Run], evictions: &[Eviction]) -> String {
     let mut out = String::from(
-        "| discovery | Services known (used) | ready after | RSS ready → used | idle CPU | \
+        "| discovery | Services known (used) | ready after | RSS ready → used | idle CPU ready / used | \
          calls (failed) | started | connections to used / unused endpoints | update p50 / p99 |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
@@ -460,13 +467,14 @@ pub fn table(runs: &[Run], evictions: &[Eviction]) -> String {
             _ => "-".into(),
         };
         out.push_str(&format!(
-            "| {:?} | {} ({}) | {:.1} s | {:.1} → {:.1} MiB | {:.2}% | {} ({}) | {} | {} / {} | {} |\n",
+            "| {:?} | {} ({}) | {:.1} s | {:.1} → {:.1} MiB | {:.2}% / {:.2}% | {} ({}) | {} | {} / {} | {} |\n",
             r.source,
             r.known,
             r.used,
             r.sync_ms as f64 / 1000.0,
             r.rss_ready_kib as f64 / 1024.0,
             r.rss_used_kib as f64 / 1024.0,
+            r.ready_cpu_percent,
             r.idle_cpu_percent,
             r.calls,
             r.failed_calls,
