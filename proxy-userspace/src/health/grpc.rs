@@ -129,7 +129,9 @@ async fn watch_until_end(
     policy: &HealthPolicy,
     results: &Results,
 ) -> Watched {
-    let Some((headers, mut body)) = conn.call("Watch", &policy.grpc_service_name).await else {
+    // Pings start with the stream: until its headers come, the timeout bounds the wait.
+    let call = tokio::time::timeout(policy.timeout, conn.call("Watch", &policy.grpc_service_name));
+    let Ok(Some((headers, mut body))) = call.await else {
         return Watched::Ended;
     };
     if grpc_status(&headers) == Some(UNIMPLEMENTED) {

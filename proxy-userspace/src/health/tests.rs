@@ -117,6 +117,11 @@ async fn grpc_watch_on_a_frozen_backend_fails_within_two_timeouts() {
     assert_eq!(next(&mut results).await, Check::Fail);
     let took = frozen.elapsed();
     assert!(took < policy.timeout * 3, "the frozen backend was found after {took:?}");
+    // Checks of a backend frozen before they connect fail too: the Watch's headers
+    // never come.
+    for _ in 0..2 {
+        assert_eq!(next(&mut results).await, Check::Fail);
+    }
     checker.abort();
 }
 
