@@ -1,13 +1,17 @@
 //! Static discovery: the config file, polled and hot-reloaded.
 //!
 //! Polling (rather than inotify) also follows Kubernetes ConfigMap volumes, which
-//! swap a symlink. An invalid new file is rejected with a log line naming the
-//! problem, once per distinct content, and the last good config stays in force.
+//! swap a symlink. A poll reads the file only when its [`Stamp`] changed, so a big
+//! file that holds still costs a `stat` a poll. An invalid new file is rejected with a
+//! log line naming the problem, once per distinct content, and the last good config
+//! stays in force.
 
 use std::{
+    hash::{BuildHasher as _, RandomState},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tokio::sync::{Notify, watch};
@@ -31,6 +35,7 @@ impl StaticFile {
     /// the desired state): its listen and admin addresses are fixed for the agent's
     /// lifetime.
     pub fn start(path: &Path, interval: Duration) -> Result<(Self, Config), ConfigError> {
+        let (stamp, hasher) = (Stamp::of(path, SystemTime::now()), RandomState::new());
         let text = read(path)?;
         let config = Config::parse(path, &text)?;
         let (tx, rx) = watch::channel(Arc::new(Desired::from(&config)));
@@ -38,7 +43,9 @@ impl StaticFile {
             path: path.to_owned(),
             first: config.without_services(),
             had_services: !config.services.is_empty(),
-            last_text: text,
+            last_stamp: stamp,
+            last_hash: Some(hasher.hash_one(&text)),
+            hasher,
         };
         let reload = Arc::new(Notify::new());
         let (rejections, rejected) = watch::channel(0);
@@ -79,7 +86,38 @@ struct Poller {
     first: Config,
     /// The last config taken.
     had_services: bool,
-    last_text: String,
+    hasher: RandomState,
+    /// The file as last read, and a hash of its text (not the text: a big file would
+    /// stay in memory twice).
+    last_stamp: Option<Stamp>,
+    last_hash: Option<u64>,
+}
+
+/// What changes when a file's content may have: another file (a ConfigMap's symlink
+/// swapped), or a write (its size, its change time, which no one can set back). A
+/// file changed in the last [`RACY`] has no stamp: a second write within the file
+/// system's clock tick would leave the change time as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    changed: SystemTime,
+}
+
+/// How recent a change may be for the next poll to read the file regardless.
+const RACY: Duration = Duration::from_secs(1);
+
+impl Stamp {
+    /// The stamp of the file `path` names (symlinks followed), if it settled by `now`.
+    fn of(path: &Path, now: SystemTime) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        let since_epoch =
+            Duration::new(meta.ctime().try_into().ok()?, meta.ctime_nsec().try_into().ok()?);
+        let changed = SystemTime::UNIX_EPOCH + since_epoch;
+        let settled = now.duration_since(changed).is_ok_and(|age| age > RACY);
+        settled.then(|| Self { dev: meta.dev(), ino: meta.ino(), len: meta.len(), changed })
+    }
 }
 
 impl Poller {
@@ -95,7 +133,7 @@ impl Poller {
         while !tx.is_closed() {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = now.notified() => self.last_text.clear(),
+                () = now.notified() => (self.last_stamp, self.last_hash) = (None, None),
             }
             match self.check() {
                 Checked::Same => {}
@@ -113,23 +151,28 @@ impl Poller {
 
     /// Reads the file: the new desired state if it changed and is valid.
     fn check(&mut self) -> Checked {
+        let stamp = Stamp::of(&self.path, SystemTime::now());
+        if stamp.is_some() && stamp == self.last_stamp {
+            return Checked::Same;
+        }
+        self.last_stamp = stamp;
         let text = match read(&self.path) {
             Ok(text) => text,
             Err(err) => {
-                if !self.last_text.is_empty() {
+                if self.last_hash.is_some() {
                     warn!("{}; keeping the last good config", crate::Chain(&err));
                 }
-                self.last_text.clear();
+                self.last_hash = None;
                 return Checked::Same;
             }
         };
-        if text == self.last_text {
+        let hash = self.hasher.hash_one(&text);
+        if self.last_hash == Some(hash) {
             return Checked::Same;
         }
-        self.last_text = text;
-        let parsed =
-            Config::parse(&self.path, &self.last_text).map_err(|e| crate::Chain(&e).to_string());
-        match parsed.and_then(|config| self.not_emptied_by_accident(config)) {
+        self.last_hash = Some(hash);
+        let parsed = Config::parse(&self.path, &text).map_err(|e| crate::Chain(&e).to_string());
+        match parsed.and_then(|config| self.not_emptied_by_accident(config, &text)) {
             Ok(config) => {
                 self.warn_fixed_fields(&config);
                 info!(
@@ -151,9 +194,9 @@ impl Poller {
 
     /// Refuses a new file that would drop every service without saying so: one
     /// truncated before its `services` key.
-    fn not_emptied_by_accident(&self, new: Config) -> Result<Config, String> {
+    fn not_emptied_by_accident(&self, new: Config, text: &str) -> Result<Config, String> {
         let had = self.had_services;
-        let says = crate::config::keys(&self.last_text).iter().any(|k| k == "services");
+        let says = crate::config::keys(text).iter().any(|k| k == "services");
         if had && new.services.is_empty() && !says {
             return Err(format!(
                 "config file {}: no `services` key, which would remove every service (a \
@@ -258,6 +301,31 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         assert!(rx.borrow_and_update().services.is_empty(), "an explicit empty list empties");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_has_a_stamp_once_settled_and_a_write_or_a_swapped_link_changes_it() {
+        let later = || SystemTime::now() + RACY * 2;
+        let path = temp_file(ONE);
+        assert_eq!(Stamp::of(&path, SystemTime::now()), None, "just written: no stamp");
+        let stamp = Stamp::of(&path, later()).expect("settled");
+        assert_eq!(Stamp::of(&path, later()), Some(stamp), "unchanged");
+
+        // Past the file system's clock tick (a jiffy), which RACY covers in real use.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, TWO).unwrap();
+        assert_eq!(ONE.len(), TWO.len());
+        assert_ne!(Stamp::of(&path, later()), Some(stamp), "a write of the same size");
+
+        let (link, other) = (path.with_extension("link"), temp_file(TWO));
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let before = Stamp::of(&link, later()).expect("settled");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&other, &link).unwrap();
+        assert_ne!(Stamp::of(&link, later()), Some(before), "the link names another file");
+        for p in [&path, &link, &other] {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 
     #[tokio::test(start_paused = true)]
