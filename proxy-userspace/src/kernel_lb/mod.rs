@@ -10,7 +10,12 @@
 
 mod tally;
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, warn};
@@ -39,7 +44,7 @@ pub fn in_kernel_mode(service: &Service) -> bool {
 
 /// The kernel tables the state calls for: each kernel-mode VIP and its Ready endpoints
 /// (as they are now, even if the owner has not published them yet), in address order.
-pub fn tables(state: &State) -> BTreeMap<SocketAddr, Vec<SocketAddr>> {
+fn tables(services: &[Arc<Service>]) -> BTreeMap<SocketAddr, Vec<SocketAddr>> {
     let ready = |service: &Service| {
         let set = service.endpoints();
         let mut ready: Vec<SocketAddr> =
@@ -47,7 +52,27 @@ pub fn tables(state: &State) -> BTreeMap<SocketAddr, Vec<SocketAddr>> {
         ready.sort();
         ready
     };
-    state.services().iter().filter(|s| in_kernel_mode(s)).map(|s| (s.vip, ready(s))).collect()
+    services.iter().filter(|s| in_kernel_mode(s)).map(|s| (s.vip, ready(s))).collect()
+}
+
+/// The TCP services of the state, looked for again only when its table changed: only
+/// they can be in kernel mode (their policy says, and may change in place), and the
+/// tables are checked five times a second on a node that may know 10,000 others.
+#[derive(Default)]
+struct TcpServices {
+    table: Option<Arc<HashMap<SocketAddr, Arc<Service>>>>,
+    tcp: Vec<Arc<Service>>,
+}
+
+impl TcpServices {
+    fn of(&mut self, state: &State) -> &[Arc<Service>] {
+        let table = state.table();
+        if !self.table.as_ref().is_some_and(|known| Arc::ptr_eq(known, &table)) {
+            self.tcp = table.values().filter(|s| s.protocol == Protocol::Tcp).cloned().collect();
+            self.table = Some(table);
+        }
+        &self.tcp
+    }
 }
 
 /// Keeps the kernel's tables in step with `state` until the agent's connections drain
@@ -99,12 +124,13 @@ pub async fn run(
 /// Writes the tables, and says once when that fails and when it works again.
 #[derive(Default)]
 struct Sync {
+    services: TcpServices,
     failing: Option<String>,
 }
 
 impl Sync {
     fn tables(&mut self, state: &State, datapath: &dyn Datapath) {
-        match datapath.set_kernel_services(&tables(state)) {
+        match datapath.set_kernel_services(&tables(self.services.of(state))) {
             Ok(()) => {
                 if self.failing.take().is_some() {
                     warn!("kernel-mode tables written again");
