@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn metrics_and_debug_state_answer() {
         let admin = admin();
-        admin.metrics.request("greeter", crate::config::Protocol::Grpc);
+        admin.metrics.calls("greeter", crate::config::Protocol::Grpc).request();
         let (status, metrics) = get(&admin, "/metrics");
         assert_eq!(status, StatusCode::OK);
         assert!(

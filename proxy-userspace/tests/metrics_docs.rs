@@ -31,8 +31,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// family with no series yet is not printed at all).
 fn exported() -> BTreeSet<String> {
     let metrics = Metrics::new(Arc::new(Recorder::default()), Arc::new(State::default()));
-    metrics.request("s", Protocol::Grpc);
-    metrics.response("s", "OK", Duration::from_millis(1));
+    let calls = metrics.calls("s", Protocol::Grpc);
+    calls.request();
+    calls.response("OK", Duration::from_millis(1));
     metrics.retry("s");
     metrics.retry_budget_exhausted("s");
     metrics.hedge("s");

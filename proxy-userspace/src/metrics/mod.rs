@@ -171,19 +171,16 @@ impl Metrics {
         self.names.label(name)
     }
 
-    pub fn request(&self, service: &str, protocol: Protocol) {
-        let labels = ServiceProtocol { service: self.service(service), protocol: protocol.name() };
-        self.requests.get_or_create(&labels).inc();
-    }
-
-    /// A response that reached the client, `code` as [`grpc_code_name`] or
-    /// [`http_class`] gives it, after `latency`.
-    pub fn response(&self, service: &str, code: &'static str, latency: Duration) {
+    /// The per-call series of `service`, for its balancer to keep.
+    pub fn calls(&self, service: &str, protocol: Protocol) -> CallMetrics {
         let service = self.service(service);
-        self.latency
-            .get_or_create(&ServiceLabel { service: service.clone() })
-            .observe(latency.as_secs_f64());
-        self.responses.get_or_create(&ServiceCode { service, code }).inc();
+        let labels = ServiceProtocol { service: service.clone(), protocol: protocol.name() };
+        CallMetrics {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&ServiceLabel { service: service.clone() }).clone(),
+            responses: self.responses.clone(),
+            service,
+        }
     }
 
     /// Counts one event of a per-service counter.
@@ -283,6 +280,29 @@ pub struct ConnectionGuard(Gauge);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// One service's per-call series, looked up once when its balancer is made: a call
+/// counts itself without hashing labels or taking the families' locks.
+#[derive(Debug)]
+pub struct CallMetrics {
+    service: Arc<str>,
+    requests: Counter,
+    latency: Histogram,
+    responses: Family<ServiceCode, Counter>,
+}
+
+impl CallMetrics {
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// A response that reached the client, `code` as [`grpc_code_name`] or
+    /// [`http_class`] gives it, after `latency`.
+    pub fn response(&self, code: &'static str, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+        self.responses.get_or_create(&ServiceCode { service: self.service.clone(), code }).inc();
     }
 }
 

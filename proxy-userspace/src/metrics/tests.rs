@@ -19,9 +19,10 @@ fn label_values(text: &str, metric: &str, label: &str) -> BTreeSet<String> {
 #[test]
 fn counts_requests_responses_and_transitions_under_sockeye_names() {
     let m = metrics();
-    m.request("greeter", Protocol::Grpc);
-    m.request("greeter", Protocol::Grpc);
-    m.response("greeter", grpc_code_name(14), Duration::from_millis(3));
+    let calls = m.calls("greeter", Protocol::Grpc);
+    calls.request();
+    calls.request();
+    calls.response(grpc_code_name(14), Duration::from_millis(3));
     m.retry("greeter");
     m.upstream_error("greeter", LocalOriginFailure::ConnectRefused);
     m.transition(&Transition {
@@ -58,8 +59,9 @@ fn ten_thousand_services_stay_within_the_series_cap() {
     let m = metrics();
     for i in 0..10_000 {
         let name = format!("service-{i}");
-        m.request(&name, Protocol::Grpc);
-        m.response(&name, "OK", Duration::from_millis(1));
+        let calls = m.calls(&name, Protocol::Grpc);
+        calls.request();
+        calls.response("OK", Duration::from_millis(1));
     }
     let text = m.encode();
     for metric in ["sockeye_requests_total", "sockeye_responses_total", "sockeye_request_duration"]

@@ -38,7 +38,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let service = &balancer.service;
-    balancer.metrics.request(&service.name, service.protocol);
+    balancer.calls.request();
     let Some((upstream, endpoint, _slot)) = connect_any(&balancer).await else {
         warn!(service = %service.name, "no endpoint accepted a connection");
         return;

@@ -21,7 +21,7 @@ pub use http1::is_upgrade;
 use crate::{
     balance::{P2c, Select},
     hedge::LatencyWindow,
-    metrics::Metrics,
+    metrics::{CallMetrics, Metrics},
     retry::RetryBudget,
     state::{Lifecycle, Service},
 };
@@ -35,6 +35,8 @@ type Upstreams = HashMap<(Option<usize>, SocketAddr), Arc<Upstream>>;
 pub struct Balancer {
     pub service: Arc<Service>,
     pub metrics: Arc<Metrics>,
+    /// The service's per-call series.
+    pub calls: Arc<CallMetrics>,
     pub select: Box<dyn Select>,
     budget: Mutex<RetryBudget>,
     latencies: Mutex<LatencyWindow>,
@@ -49,6 +51,7 @@ impl Balancer {
     pub fn new(service: Arc<Service>, metrics: Arc<Metrics>, connection_cap: u32) -> Arc<Self> {
         let retry = service.policy().retry.clone();
         let balancer = Arc::new(Self {
+            calls: Arc::new(metrics.calls(&service.name, service.protocol)),
             service,
             metrics,
             select: Box::new(P2c),

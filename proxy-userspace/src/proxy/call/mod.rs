@@ -132,7 +132,7 @@ pub async fn handle(balancer: &Balancer, mut req: Request<Incoming>) -> Response
     let client_end = tunnel::wanted(&req).then(|| hyper::upgrade::on(&mut req));
     let call = Call::new(req, &policy, started, client_end.is_some());
     balancer.budget().request(started.into_std());
-    balancer.metrics.request(&service.name, service.protocol);
+    balancer.calls.request();
     match tries::run(balancer, &call, &policy).await {
         Ok(answered) => {
             call.body.commit();
@@ -141,7 +141,7 @@ pub async fn handle(balancer: &Balancer, mut req: Request<Incoming>) -> Response
         Err(failed) => {
             let answer = fail(&call, &service.name, failed);
             let code = report::code_name(&answer, call.grpc);
-            balancer.metrics.response(&service.name, code, started.elapsed());
+            balancer.calls.response(code, started.elapsed());
             answer
         }
     }
@@ -159,11 +159,7 @@ fn pass_on(
     let (service, metrics) = (&balancer.service, &balancer.metrics);
     let at_trailers = report::verdict(call.grpc, &response) == Verdict::AtTrailers;
     if !at_trailers {
-        metrics.response(
-            &service.name,
-            report::code_name(&response, call.grpc),
-            call.started.elapsed(),
-        );
+        balancer.calls.response(report::code_name(&response, call.grpc), call.started.elapsed());
     }
     if let Some(client) = client_end.filter(|_| is_upgrade(&call.head.method, response.status())) {
         let ends = tunnel::Ends { client, endpoint: hyper::upgrade::on(&mut response) };
@@ -173,7 +169,7 @@ fn pass_on(
     }
     let settle = Settle {
         service: service.clone(),
-        metrics: metrics.clone(),
+        calls: balancer.calls.clone(),
         endpoint,
         upstream,
         in_flight,

@@ -23,7 +23,7 @@ use super::{Call, attempt::Answered, race::Finish};
 use crate::{
     balance::InFlight,
     config::Policy,
-    metrics::{Metrics, grpc_code_name, http_class},
+    metrics::{CallMetrics, grpc_code_name, http_class},
     proxy::{body::BoxError, grpc},
     retry::TryFailure,
     state::{Endpoint, LocalOriginFailure, Outcome, Service},
@@ -76,7 +76,7 @@ pub enum BodyEnd {
 /// (a drain waits for it), and a gRPC call's outcome is reported.
 pub struct Settle {
     pub service: Arc<Service>,
-    pub metrics: Arc<Metrics>,
+    pub calls: Arc<CallMetrics>,
     pub endpoint: Arc<Endpoint>,
     pub upstream: Arc<Upstream>,
     pub in_flight: InFlight,
@@ -90,7 +90,7 @@ pub struct Settle {
 impl Settle {
     fn done(self, end: BodyEnd) {
         let Self {
-            service, metrics, endpoint, in_flight, latency, call_started, at_trailers, ..
+            service, calls, endpoint, in_flight, latency, call_started, at_trailers, ..
         } = self;
         drop(in_flight);
         if !at_trailers {
@@ -104,7 +104,7 @@ impl Settle {
             BodyEnd::Failed => (grpc::UNAVAILABLE, Outcome::LocalOrigin(LocalOriginFailure::Reset)),
             BodyEnd::Abandoned => return,
         };
-        metrics.response(&service.name, grpc_code_name(code), call_started.elapsed());
+        calls.response(grpc_code_name(code), call_started.elapsed());
         service.report(&endpoint, outcome);
     }
 

@@ -5,6 +5,7 @@ use super::*;
 use crate::{
     config::{Policy, Protocol},
     datapath::Recorder,
+    metrics::Metrics,
     state::{Lifecycle, State},
 };
 
@@ -19,10 +20,11 @@ fn watched() -> (Sender, ResponseBody<UpstreamBody>, Outcomes, Arc<Endpoint>) {
         Service::new("greeter", "10.96.0.1:80".parse().unwrap(), Protocol::Grpc, Policy::default());
     let outcomes = service.reports();
     let metrics = Metrics::new(Arc::new(Recorder::default()), Arc::new(State::default()));
+    let calls = Arc::new(metrics.calls(&service.name, service.protocol));
     let endpoint = Endpoint::new("10.10.0.2:80".parse().unwrap(), Lifecycle::Ready);
     let settle = Settle {
         service,
-        metrics,
+        calls,
         endpoint: endpoint.clone(),
         upstream: Upstream::new(endpoint.addr),
         in_flight: InFlight::new(endpoint.clone()),
