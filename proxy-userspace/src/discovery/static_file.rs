@@ -155,17 +155,17 @@ impl Poller {
         if stamp.is_some() && stamp == self.last_stamp {
             return Checked::Same;
         }
-        self.last_stamp = stamp;
         let text = match read(&self.path) {
             Ok(text) => text,
             Err(err) => {
                 if self.last_hash.is_some() {
                     warn!("{}; keeping the last good config", crate::Chain(&err));
                 }
-                self.last_hash = None;
+                (self.last_stamp, self.last_hash) = (None, None);
                 return Checked::Same;
             }
         };
+        self.last_stamp = stamp;
         let hash = self.hasher.hash_one(&text);
         if self.last_hash == Some(hash) {
             return Checked::Same;
